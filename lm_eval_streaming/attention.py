@@ -1,0 +1,113 @@
+"""The attention that implements the cache policy, for a whole chunk at once.
+
+With rotary embeddings a score depends only on the query-key distance. Keys are
+cached rotated at their true positions, queries arrive rotated at theirs, so:
+- recent keys are scored as they are (the window is contiguous, the distance is true);
+- sink keys j are scored with the query re-rotated to ``min(t, sinks + recent)``,
+  i.e. at the distance StreamingLLM's positional shift gives them;
+then one softmax runs over both. That is token-by-token StreamingLLM, exactly,
+for C queries in one pass. The function is registered with transformers'
+``AttentionInterface``; the model code is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+
+from .policy import CachePolicy
+
+ATTN_IMPLEMENTATION = "lm_eval_streaming"
+
+# rope types whose angle is linear in the position, so rotations compose.
+LINEAR_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass
+class ScoreStats:
+    """Numerics seen inside attention, for the diagnostics."""
+
+    max_abs_score: float = 0.0
+    nonfinite_scores: int = 0
+
+    def observe(self, scores: torch.Tensor, mask: torch.Tensor) -> None:
+        valid = torch.where(mask, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
+        finite = torch.isfinite(valid)
+        self.nonfinite_scores += int((~finite).sum())
+        if finite.any():
+            self.max_abs_score = max(self.max_abs_score, float(valid[finite].abs().max()))
+
+
+@dataclass
+class ChunkContext:
+    """What every layer's attention needs for one chunk of queries (shared by layers)."""
+
+    mask: torch.Tensor  # [Q, K] bool
+    n_sink_keys: int = 0
+    sink_cos: torch.Tensor | None = None  # [Q, rot_dim], re-rotation of queries for sink keys
+    sink_sin: torch.Tensor | None = None
+    stats: ScoreStats | None = field(default=None)
+
+    @classmethod
+    def build(cls, policy: CachePolicy, q_pos: torch.Tensor, k_pos: torch.Tensor,
+              inv_freq: torch.Tensor | None, stats: ScoreStats | None = None) -> "ChunkContext":
+        ctx = cls(mask=policy.key_mask(q_pos, k_pos), stats=stats)
+        if policy.method == "streaming_llm" and policy.sinks:
+            delta = policy.sink_query_position(q_pos) - q_pos
+            if bool((delta != 0).any()):
+                angles = delta.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]
+                emb = torch.cat([angles, angles], dim=-1)
+                ctx.n_sink_keys = int((k_pos < policy.sinks).sum())
+                ctx.sink_cos, ctx.sink_sin = emb.cos(), emb.sin()
+        return ctx
+
+    def to(self, device) -> "ChunkContext":
+        self.mask = self.mask.to(device)
+        if self.sink_cos is not None:
+            self.sink_cos, self.sink_sin = self.sink_cos.to(device), self.sink_sin.to(device)
+        return self
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rerotate(query: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the rotary part (the first ``cos.shape[-1]`` dims) of ``query`` further."""
+    rot_dim = cos.shape[-1]
+    q_rot = query[..., :rot_dim].to(torch.float32)
+    cos, sin = cos.to(q_rot), sin.to(q_rot)
+    q_rot = (q_rot * cos + _rotate_half(q_rot) * sin).to(query.dtype)
+    return torch.cat([q_rot, query[..., rot_dim:]], dim=-1)
+
+
+def streaming_attention(module, query, key, value, attention_mask, scaling, dropout=0.0,
+                        streaming: ChunkContext | None = None, **kwargs):
+    """query [B, H, Q, D]; key/value [B, Hkv, K, D] (cache + chunk), rotated at true positions."""
+    if streaming is None:
+        raise RuntimeError(
+            "lm_eval_streaming attention was called without a chunk context: run the model "
+            "through lm_eval_streaming.scoring, not model.generate() or a plain forward"
+        )
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    n = streaming.n_sink_keys
+    if n:
+        shifted = rerotate(query, streaming.sink_cos.to(query.device), streaming.sink_sin.to(query.device))
+        scores[..., :n] = torch.matmul(shifted, key[..., :n, :].transpose(2, 3)) * scaling
+    mask = streaming.mask.to(query.device)  # a no-op unless layers sit on several devices
+    if streaming.stats is not None:
+        streaming.stats.observe(scores, mask)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    out = torch.matmul(probs, value)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, streaming_attention)

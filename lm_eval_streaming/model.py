@@ -1,0 +1,174 @@
+"""The lm-eval adapter: ``--model streaming_hf``.
+
+A subclass of lm-eval's HF model, so every HF option keeps working; only the
+three request types are routed through the streaming scoring loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from tqdm import tqdm
+
+from . import default_model
+from .architectures import check_supported, use_streaming_attention
+from .generation import generate
+from .policy import CachePolicy, as_int
+from .scores import CONTEXT_BUCKETS, RollingResult, context_bucket
+from .scoring import DEFAULT_CHUNK_SIZE, Diagnostics, ScoredTokens, score_sequences
+
+logger = logging.getLogger(__name__)
+
+
+def _default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@register_model("streaming_hf")
+class StreamingHFLM(HFLM):
+    """HF causal LM scored with a StreamingLLM cache (or a baseline: dense, window, sliding_recompute)."""
+
+    def __init__(self, pretrained: str | None = None, method: str = "streaming_llm", start_size=4,
+                 recent_size=252, chunk_size=DEFAULT_CHUNK_SIZE, device: str | None = None, **kwargs):
+        # Validate everything before any model is loaded.
+        self.policy = CachePolicy(str(method), start_size, recent_size)
+        self.chunk_size = as_int("chunk_size", chunk_size, 1)
+        if pretrained is None or default_model.is_default(pretrained):
+            pretrained = str(default_model.ensure_default_model())
+        super().__init__(pretrained=pretrained, device=device or _default_device(), **kwargs)
+        check_supported(self.config, self.policy.method)
+        use_streaming_attention(self.model)
+        self.trained_context = getattr(self.config, "max_position_embeddings", None)
+        self.diagnostics = Diagnostics()
+        self._warned_positions = False
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def _batch(self) -> int:
+        bs = self.batch_size
+        if isinstance(bs, int):
+            return max(1, bs)
+        try:
+            return max(1, int(bs))
+        except (TypeError, ValueError):
+            return 1
+
+    def _check_positions(self, longest: int) -> None:
+        if self._warned_positions or self.policy.method != "dense" or not self.trained_context:
+            return
+        if longest > self.trained_context:
+            self._warned_positions = True
+            warnings.warn(
+                f"method=dense runs full causal attention over {longest} tokens, past the model's "
+                f"max_position_embeddings={self.trained_context}: positions beyond it were never seen in "
+                f"training (this is the seed's baseline; lm-eval's `hf` model cuts documents into "
+                f"{self.trained_context}-token windows instead).",
+                stacklevel=2,
+            )
+
+    def _score(self, sequences: list[list[int]], desc: str, disable_tqdm: bool) -> list[ScoredTokens]:
+        """Score sequences in batches of similar length, keeping the input order."""
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        results: list[ScoredTokens | None] = [None] * len(sequences)
+        total = sum(len(s) - 1 for s in sequences)
+        with tqdm(total=total, desc=desc, unit="tok", disable=disable_tqdm or self.rank != 0) as bar:
+            for i in range(0, len(order), self._batch):
+                idx = order[i:i + self._batch]
+                batch = [sequences[j] for j in idx]
+                self._check_positions(max(len(s) for s in batch))
+                done = [0]
+
+                def progress(n, batch=batch, done=done):
+                    # Count real tokens only: padding rows finish early.
+                    new = sum(min(len(s) - 1, done[0] + n) - min(len(s) - 1, done[0]) for s in batch)
+                    done[0] += n
+                    bar.update(new)
+
+                for j, scored in zip(idx, score_sequences(self.model, batch, self.policy, self.chunk_size,
+                                                          self.diagnostics, progress)):
+                    results[j] = scored
+        return results
+
+    def _rolling_result(self, scored: ScoredTokens) -> RollingResult:
+        nll, correct = scored.nll, scored.correct
+        finite = torch.isfinite(nll)
+        buckets: dict[str, list] = {name: [0.0, 0] for name in CONTEXT_BUCKETS}
+        for pos, value, ok in zip(scored.positions.tolist(), nll.tolist(), finite.tolist()):
+            if ok:
+                entry = buckets[context_bucket(pos, self.trained_context)]
+                entry[0] += value
+                entry[1] += 1
+        return RollingResult(
+            -float(nll.sum()),  # NaN if any token is non-finite: never silently averaged away
+            n_tokens=len(nll),
+            n_correct=int(correct.sum()),
+            nll_sum=float(nll[finite].sum()),
+            n_nonfinite=int((~finite).sum()),
+            bucket_nll={k: tuple(v) for k, v in buckets.items() if v[1]},
+            trained_context=self.trained_context,
+        )
+
+    # ---------------------------------------------------------------- lm-eval requests
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Each document is ONE stream (lm-eval's HF class cuts it into max_length windows)."""
+        sequences = [[self.prefix_token_id] + self.tok_encode(req.args[0]) for req in requests]
+        results = []
+        for req, seq, scored in zip(requests, sequences,
+                                    self._score(sequences, f"streaming_hf {self.policy.describe()}", disable_tqdm)):
+            result = self._rolling_result(scored) if len(seq) > 1 else RollingResult(0.0)
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, result)
+            results.append(result)
+        return results
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        """Context + continuation through the streaming cache."""
+        sequences = [list(ctx) + list(cont) for _, ctx, cont in requests]
+        scored = self._score(sequences, "streaming_hf loglikelihood", disable_tqdm)
+        results = []
+        for (key, _, cont), s in zip(requests, scored):
+            n = len(cont)
+            answer = (-float(s.nll[-n:].sum()), bool(s.correct[-n:].all()))
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, answer)
+            results.append(answer)
+        return results
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        results = []
+        for req in tqdm(requests, desc="streaming_hf generate_until", disable=disable_tqdm or self.rank != 0):
+            context, gen_kwargs = req.args
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            tokens = self.tok_encode(context) or [self.prefix_token_id]
+            self._check_positions(len(tokens) + kwargs["max_gen_toks"])
+            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+            out = generate(
+                self.model, tokens, self.policy, int(kwargs["max_gen_toks"]), self.tok_decode, stop=until,
+                eos_token_id=self.eot_token_id, chunk_size=self.chunk_size, temperature=temperature,
+                top_p=float(kwargs.get("top_p", 1.0) or 1.0), diagnostics=self.diagnostics,
+            )
+            text = postprocess_generated_text(self.tok_decode(out), until, None)
+            self.cache_hook.add_partial("generate_until", req.args, text)
+            results.append(text)
+        return results
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info.update(
+            streaming_method=self.policy.method,
+            streaming_start_size=self.policy.start_size,
+            streaming_recent_size=self.policy.recent_size,
+            streaming_chunk_size=self.chunk_size,
+            streaming_diagnostics=self.diagnostics.as_dict(),
+        )
+        return info

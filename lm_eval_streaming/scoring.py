@@ -1,0 +1,188 @@
+"""The scoring loop: tokens -> chunks -> model forward with the streaming cache -> NLLs.
+
+A *session* holds one stream's state (the cache and the next position) and turns
+a chunk of token ids into logits; ``score_sequences`` drives sessions over whole
+documents, and generation (``generation.py``) drives them one token at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .architectures import num_layers, rotary_inv_freq
+from .attention import ChunkContext, ScoreStats
+from .cache import StreamingCache
+from .policy import CachePolicy
+
+DEFAULT_CHUNK_SIZE = 512
+# Windows re-encoded per forward by sliding_recompute: bounds its activation memory.
+RECOMPUTE_TOKENS_PER_FORWARD = 8192
+
+
+@dataclass
+class Diagnostics:
+    """Numerics and memory seen while scoring: what separates extrapolation from numerics."""
+
+    nan_logits: int = 0
+    inf_logits: int = 0
+    max_abs_logit: float = 0.0
+    max_position: int = -1
+    peak_kv_bytes: int = 0
+    scores: ScoreStats = field(default_factory=ScoreStats)
+
+    def observe_logits(self, logits: torch.Tensor) -> None:
+        nan = torch.isnan(logits)
+        inf = torch.isinf(logits)
+        self.nan_logits += int(nan.sum())
+        self.inf_logits += int(inf.sum())
+        finite = logits.masked_fill(nan | inf, 0)
+        self.max_abs_logit = max(self.max_abs_logit, float(finite.abs().max()))
+
+    def as_dict(self) -> dict:
+        return {
+            "nan_logits": self.nan_logits,
+            "inf_logits": self.inf_logits,
+            "max_abs_logit": self.max_abs_logit,
+            "max_abs_attn_score": self.scores.max_abs_score,
+            "nonfinite_attn_scores": self.scores.nonfinite_scores,
+            "max_position": self.max_position,
+            "peak_kv_bytes": self.peak_kv_bytes,
+        }
+
+
+def _forward(model, ids, positions, ctx, cache=None, last_only=False):
+    kwargs = {"logits_to_keep": 1} if last_only else {}
+    out = model(input_ids=ids, position_ids=positions, cache=cache, use_cache=cache is not None,
+                streaming=ctx, **kwargs)
+    return out.logits
+
+
+class CachedSession:
+    """streaming_llm, window and dense: one pass per chunk over the cache plus the chunk."""
+
+    def __init__(self, model, policy: CachePolicy, diagnostics: Diagnostics | None = None):
+        self.model, self.policy, self.diag = model, policy, diagnostics
+        self.device = model.device
+        self.cache = StreamingCache(policy, num_layers(model))
+        self.inv_freq = rotary_inv_freq(model) if policy.method == "streaming_llm" else None
+        self.pos = 0
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, C] -> logits [B, C, V] for the next C positions of the stream."""
+        batch, n = ids.shape
+        q_pos = torch.arange(self.pos, self.pos + n)
+        sinks, recent = self.policy.retained(self.pos)
+        k_pos = torch.cat([torch.arange(sinks), torch.arange(self.pos - recent, self.pos), q_pos])
+        stats = self.diag.scores if self.diag is not None else None
+        ctx = ChunkContext.build(self.policy, q_pos, k_pos, self.inv_freq, stats).to(self.device)
+        positions = q_pos.to(self.device)[None].expand(batch, -1)
+        logits = _forward(self.model, ids.to(self.device), positions, ctx, cache=self.cache)
+        self.pos += n
+        if self.diag is not None:
+            self.diag.max_position = self.pos - 1
+            self.diag.peak_kv_bytes = max(self.diag.peak_kv_bytes, self.cache.nbytes())
+        return logits
+
+
+class RecomputeSession:
+    """sliding_recompute: every position re-encodes its window from scratch (no cache)."""
+
+    def __init__(self, model, policy: CachePolicy, diagnostics: Diagnostics | None = None):
+        self.model, self.policy, self.diag = model, policy, diagnostics
+        self.device = model.device
+        self.window = policy.budget + 1  # past tokens + the current one
+        self.dense = CachePolicy("dense")
+        self.history = None  # [B, <= window - 1 + C] most recent tokens
+        self.pos = 0
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.to(self.device)
+        hist = ids if self.history is None else torch.cat([self.history, ids], dim=1)
+        hist_start = self.pos - (hist.shape[1] - ids.shape[1])  # true position of hist[:, 0]
+        out = []
+        first, end = self.pos, self.pos + ids.shape[1]
+        # Positions < window see the whole prefix: one dense pass over it is exact.
+        if first < self.window:
+            stop = min(end, self.window)
+            prefix = hist[:, : stop - hist_start]
+            pos = torch.arange(prefix.shape[1])
+            ctx = self._dense_ctx(pos)
+            logits = _forward(self.model, prefix, pos.to(self.device)[None].expand(prefix.shape[0], -1), ctx)
+            out.append(logits[:, first - hist_start:])
+            first = stop
+        if first < end:
+            windows = hist.unfold(1, self.window, 1)[:, first - self.window + 1 - hist_start:]  # [B, n, W]
+            batch, n, w = windows.shape
+            rows = windows.reshape(batch * n, w)
+            pos = torch.arange(w)
+            ctx = self._dense_ctx(pos)
+            step = max(1, RECOMPUTE_TOKENS_PER_FORWARD // w)
+            last = [
+                _forward(self.model, rows[i:i + step], pos.to(self.device)[None].expand(len(rows[i:i + step]), -1),
+                         ctx, last_only=True)
+                for i in range(0, len(rows), step)
+            ]
+            out.append(torch.cat(last, dim=0).reshape(batch, n, -1))
+        self.pos = end
+        self.history = hist[:, -(self.window - 1):] if self.window > 1 else hist[:, :0]
+        if self.diag is not None:
+            self.diag.max_position = min(self.pos, self.window) - 1
+        return torch.cat(out, dim=1)
+
+    def _dense_ctx(self, pos):
+        stats = self.diag.scores if self.diag is not None else None
+        return ChunkContext.build(self.dense, pos, pos, None, stats).to(self.device)
+
+
+def open_session(model, policy: CachePolicy, diagnostics: Diagnostics | None = None):
+    cls = CachedSession if policy.uses_cache else RecomputeSession
+    return cls(model, policy, diagnostics)
+
+
+@dataclass
+class ScoredTokens:
+    """Per-token results for one sequence: token i+1 predicted from tokens 0..i."""
+
+    nll: torch.Tensor  # float64 [T - 1]
+    correct: torch.Tensor  # bool [T - 1]
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """Position of each predicted token in the stream."""
+        return torch.arange(1, len(self.nll) + 1)
+
+
+@torch.no_grad()
+def score_sequences(model, sequences: list[list[int]], policy: CachePolicy,
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, diagnostics: Diagnostics | None = None,
+                    progress=None) -> list[ScoredTokens]:
+    """Score every token after the first of each sequence, as one stream per sequence.
+
+    Sequences are right-padded into one batch: padding comes after the real
+    tokens, so causal attention keeps it from touching them (exact for every method).
+    ``progress`` is called with the number of positions done after each chunk.
+    """
+    lengths = [len(s) for s in sequences]
+    if min(lengths) < 2:
+        raise ValueError(f"each sequence needs at least 2 tokens to score one; got lengths {lengths}")
+    total = max(lengths)
+    ids = torch.zeros(len(sequences), total, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    nll = torch.empty(len(sequences), total - 1, dtype=torch.float64)
+    correct = torch.empty(len(sequences), total - 1, dtype=torch.bool)
+    session = open_session(model, policy, diagnostics)
+    for start in range(0, total - 1, chunk_size):
+        end = min(start + chunk_size, total - 1)
+        logits = session.feed(ids[:, start:end])
+        targets = ids[:, start + 1 : end + 1].to(logits.device)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        nll[:, start:end] = -logprobs.gather(-1, targets[..., None]).squeeze(-1).double().cpu()
+        correct[:, start:end] = (logits.argmax(-1) == targets).cpu()
+        if diagnostics is not None:
+            diagnostics.observe_logits(logits)
+        if progress is not None:
+            progress(end - start)
+    return [ScoredTokens(nll[row, : n - 1], correct[row, : n - 1]) for row, n in enumerate(lengths)]
