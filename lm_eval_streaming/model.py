@@ -25,7 +25,12 @@ from .scoring import DEFAULT_CHUNK_SIZE, Diagnostics, ScoredTokens, score_sequen
 logger = logging.getLogger(__name__)
 
 
-def _default_device() -> str:
+def _default_device(requested: str | None = None) -> str:
+    """The requested device, or the best available one (lm_eval's CLI passes cuda:0 by default)."""
+    if requested and not (requested.startswith("cuda") and not torch.cuda.is_available()):
+        return requested
+    if requested:
+        logger.warning("device=%s is not available here; using %s", requested, _default_device())
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -44,7 +49,7 @@ class StreamingHFLM(HFLM):
         self.chunk_size = as_int("chunk_size", chunk_size, 1)
         if pretrained is None or default_model.is_default(pretrained):
             pretrained = str(default_model.ensure_default_model())
-        super().__init__(pretrained=pretrained, device=device or _default_device(), **kwargs)
+        super().__init__(pretrained=pretrained, device=_default_device(device), **kwargs)
         check_supported(self.config, self.policy.method)
         use_streaming_attention(self.model)
         self.trained_context = getattr(self.config, "max_position_embeddings", None)
