@@ -92,21 +92,22 @@ def streaming_attention(module, query, key, value, attention_mask, scaling, drop
             "lm_eval_streaming attention was called without a chunk context: run the model "
             "through lm_eval_streaming.scoring, not model.generate() or a plain forward"
         )
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    batch, heads, n_q, dim = query.shape
+    kv_heads = key.shape[1]
+    # Grouped-query attention without copying keys: fold the query groups into the query axis.
+    grouped = lambda x: x.reshape(batch, kv_heads, (heads // kv_heads) * n_q, x.shape[-1])  # noqa: E731
+    scores = torch.matmul(grouped(query * scaling), key.transpose(2, 3)).view(batch, heads, n_q, -1)
     n = streaming.n_sink_keys
     if n:
         shifted = rerotate(query, streaming.sink_cos.to(query.device), streaming.sink_sin.to(query.device))
-        scores[..., :n] = torch.matmul(shifted, key[..., :n, :].transpose(2, 3)) * scaling
+        sink = torch.matmul(grouped(shifted * scaling), key[..., :n, :].transpose(2, 3))
+        scores[..., :n] = sink.view(batch, heads, n_q, n)
     mask = streaming.mask.to(query.device)  # a no-op unless layers sit on several devices
     if streaming.stats is not None:
         streaming.stats.observe(scores, mask)
-    scores = scores.masked_fill(~mask, float("-inf"))
+    scores.masked_fill_(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    out = torch.matmul(probs, value)
+    out = torch.matmul(grouped(probs.view(batch, heads, n_q, -1)), value).view(batch, heads, n_q, dim)
     return out.transpose(1, 2).contiguous(), None
 
 
