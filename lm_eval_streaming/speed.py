@@ -1,0 +1,149 @@
+"""``lm-eval-streaming speed``: the fast path's targets, measured in one run, printed as tables.
+
+1. chunked streaming vs token by token (chunk_size=1) vs one dense forward over the document;
+2. peak memory vs document length, streaming and dense;
+3. generation: per-token latency as the generated text grows past the cache size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from .benchmark import DTYPES, _PeakRSS, load_model, load_samples
+from .generation import generate
+from .policy import CachePolicy
+from .scoring import DEFAULT_CHUNK_SIZE, Diagnostics, open_session, score_sequences
+
+
+def _timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+@torch.no_grad()
+def token_by_token_ms(model, seq, policy, n_steady: int) -> float:
+    """ms per token of chunk_size=1 once the cache is full (its per-token cost is then constant)."""
+    session = open_session(model, policy)
+    fill = min(len(seq) - n_steady, policy.budget + 1)
+    ids = torch.tensor([seq])
+    session.feed(ids[:, :fill])
+    elapsed, _ = _timed(lambda: [session.feed(ids[:, i:i + 1]) for i in range(fill, fill + n_steady)])
+    return 1000 * elapsed / n_steady
+
+
+def speed_table(model, tokenizer, tokens: int, chunk_size: int, start: int, recent: int, n_steady: int,
+                full: bool) -> list[list]:
+    seq = load_samples(tokenizer, tokens, 1)[0]
+    policy = CachePolicy("streaming_llm", start, recent)
+    score_sequences(model, [seq[:chunk_size + 1]], policy, chunk_size)  # warm-up
+    t_chunk, _ = _timed(lambda: score_sequences(model, [seq], policy, chunk_size))
+    if full:
+        t_one, _ = _timed(lambda: score_sequences(model, [seq], policy, 1))
+        one_label = "measured"
+    else:
+        t_one = token_by_token_ms(model, seq, policy, n_steady) * (tokens - 1) / 1000
+        one_label = f"{n_steady} steady-state tokens x {tokens - 1}"
+    attn = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    t_dense, _ = _timed(lambda: model(input_ids=torch.tensor([seq[:-1]], device=model.device)))
+    model.set_attn_implementation(attn)
+    t_dense_chunked, _ = _timed(lambda: score_sequences(model, [seq], CachePolicy("dense"), chunk_size))
+    return [
+        [f"streaming_llm chunk_size={chunk_size}", f"{t_chunk:.1f}", f"{1000 * t_chunk / tokens:.2f}", "1.00",
+         "measured"],
+        ["streaming_llm chunk_size=1", f"{t_one:.1f}", f"{1000 * t_one / tokens:.2f}", f"{t_one / t_chunk:.1f}",
+         one_label],
+        ["dense, one plain HF forward (sdpa)", f"{t_dense:.1f}", f"{1000 * t_dense / tokens:.2f}",
+         f"{t_dense / t_chunk:.2f}", "measured"],
+        [f"dense chunked, chunk_size={chunk_size}", f"{t_dense_chunked:.1f}",
+         f"{1000 * t_dense_chunked / tokens:.2f}", f"{t_dense_chunked / t_chunk:.2f}", "measured"],
+    ]
+
+
+def memory_table(model, tokenizer, lengths, chunk_size, start, recent) -> list[list]:
+    rows = []
+    for method in ("streaming_llm", "dense"):
+        for n in lengths:
+            seq = load_samples(tokenizer, n, 1)[0]
+            diag = Diagnostics()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            with _PeakRSS() as rss:
+                base = rss.peak
+                elapsed, _ = _timed(lambda: score_sequences(model, [seq], CachePolicy(method, start, recent),
+                                                            chunk_size, diag))
+            cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+            rows.append([method, n, f"{diag.peak_kv_bytes / 2**20:.1f}", f"{(rss.peak - base) / 2**20:.0f}",
+                         "" if cuda is None else f"{cuda:.0f}", f"{elapsed:.1f}"])
+    return rows
+
+
+@torch.no_grad()
+def generation_table(model, tokenizer, new_tokens: int, block: int, start: int, recent: int) -> list[list]:
+    prompt = load_samples(tokenizer, 64, 1)[0]
+    stamps = []
+    generate(model, prompt, CachePolicy("streaming_llm", start, recent), new_tokens, tokenizer.decode,
+             eos_token_id=None, on_token=lambda _: stamps.append(time.perf_counter()))
+    rows = []
+    for i in range(block, len(stamps), block):
+        ms = 1000 * (stamps[i] - stamps[i - block]) / block
+        rows.append([f"{i - block + 1}-{i}", len(prompt) + i, f"{ms:.2f}"])
+    return rows
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("speed", help="fast-path targets: speed, memory vs length, generation latency",
+                              description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_id", default="smollm2-135m")
+    p.add_argument("--tokens", type=int, default=5000, help="document length for the speed table")
+    p.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK_SIZE)
+    p.add_argument("--start_size", type=int, default=4)
+    p.add_argument("--recent_size", type=int, default=252)
+    p.add_argument("--steady_tokens", type=int, default=200,
+                   help="chunk_size=1 is timed on this many tokens after the cache is full, then scaled")
+    p.add_argument("--full", action="store_true", help="time chunk_size=1 over the whole document (slow)")
+    p.add_argument("--memory_lengths", default="1000,2000,5000,10000,20000")
+    p.add_argument("--gen_tokens", type=int, default=768)
+    p.add_argument("--gen_block", type=int, default=128)
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--device", default=None)
+    p.add_argument("--skip", default="", help="comma list of sections to skip: speed, memory, generation")
+    return p
+
+
+def run(args) -> int:
+    import platform
+
+    import transformers
+    from tabulate import tabulate
+
+    model, tokenizer = load_model(args.model_id, args.dtype, args.device, method="streaming_llm")
+    skip = set(args.skip.split(","))
+    print(f"model={args.model_id} dtype={args.dtype} device={model.device} torch={torch.__version__} "
+          f"transformers={transformers.__version__} machine={platform.machine()} threads={torch.get_num_threads()}")
+    if "speed" not in skip:
+        rows = speed_table(model, tokenizer, args.tokens, args.chunk_size, args.start_size, args.recent_size,
+                           args.steady_tokens, args.full)
+        print(f"\n{args.tokens}-token document, start_size={args.start_size}, recent_size={args.recent_size}")
+        print(tabulate(rows, headers=["run", "seconds", "ms/token", "x chunked time", "how"], tablefmt="github"))
+    if "memory" not in skip:
+        lengths = [int(x) for x in args.memory_lengths.split(",")]
+        rows = memory_table(model, tokenizer, lengths, args.chunk_size, args.start_size, args.recent_size)
+        print("\npeak memory vs document length")
+        print(tabulate(rows, headers=["method", "tokens", "KV cache MiB", "RSS increase MiB", "CUDA max MiB",
+                                      "seconds"], tablefmt="github"))
+    if "generation" not in skip:
+        rows = generation_table(model, tokenizer, args.gen_tokens, args.gen_block, args.start_size,
+                                args.recent_size)
+        print(f"\ngeneration latency, cache {args.start_size}+{args.recent_size}")
+        print(tabulate(rows, headers=["generated tokens", "stream length at end", "ms/token"],
+                       tablefmt="github"))
+    return 0

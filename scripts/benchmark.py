@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""The seed's benchmark command, verbatim: same as `lm-eval-streaming benchmark`."""
+
+import sys
+
+from lm_eval_streaming.benchmark import main
+
+if __name__ == "__main__":
+    sys.exit(main())
