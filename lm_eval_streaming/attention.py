@@ -34,10 +34,12 @@ class ScoreStats:
 
     def observe(self, scores: torch.Tensor, mask: torch.Tensor) -> None:
         valid = torch.where(mask, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
-        finite = torch.isfinite(valid)
-        self.nonfinite_scores += int((~finite).sum())
-        if finite.any():
-            self.max_abs_score = max(self.max_abs_score, float(valid[finite].abs().max()))
+        bad = ~torch.isfinite(valid)
+        n_bad = int(bad.sum())
+        self.nonfinite_scores += n_bad
+        if n_bad:
+            valid = valid.masked_fill(bad, 0)
+        self.max_abs_score = max(self.max_abs_score, float(valid.abs().amax()))
 
 
 @dataclass

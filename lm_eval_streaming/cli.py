@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
-    except (StreamingArgError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (StreamingArgError, ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
         print(f"lm-eval-streaming {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -17,12 +17,14 @@ from tqdm import tqdm
 
 from . import default_model
 from .architectures import check_supported, use_streaming_attention
+from .errors import install_excepthook
 from .generation import generate
-from .policy import CachePolicy, as_int
+from .policy import CachePolicy, StreamingArgError, as_int
 from .scores import CONTEXT_BUCKETS, RollingResult, context_bucket
 from .scoring import DEFAULT_CHUNK_SIZE, Diagnostics, ScoredTokens, score_sequences
 
 logger = logging.getLogger(__name__)
+install_excepthook()
 
 
 def _default_device(requested: str | None = None) -> str:
@@ -38,6 +40,54 @@ def _default_device(requested: str | None = None) -> str:
     return "cpu"
 
 
+OWN_ARGS = ("method", "start_size", "recent_size", "chunk_size")
+
+
+def _check_unknown_args(kwargs: dict) -> None:
+    """Unknown keys go to from_pretrained (as with `hf`), unless they look like a typo of ours."""
+    import difflib
+    import inspect
+
+    known = set(inspect.signature(HFLM.__init__).parameters)
+    for key in kwargs:
+        close = difflib.get_close_matches(key, OWN_ARGS, n=1, cutoff=0.6)
+        if key not in known and close:
+            raise StreamingArgError(
+                f"unknown model arg {key!r}: did you mean {close[0]!r}? streaming_hf's own args are "
+                f"{', '.join(OWN_ARGS)}; other keys go to lm-eval's hf model and from_pretrained"
+            )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _check_local_checkpoint(pretrained: str, tokenizer) -> None:
+    """Name the problem with a local path before lm-eval / transformers fail deeper down."""
+    import os
+
+    path = os.path.expanduser(pretrained)
+    looks_local = pretrained.startswith(("/", "./", "../", "~")) or pretrained.count("/") > 1
+    if looks_local and not os.path.isdir(path):
+        raise StreamingArgError(f"pretrained={pretrained!r}: no such directory (expected a local checkpoint "
+                                f"directory or a hub id such as EleutherAI/pythia-70m)")
+    if os.path.isdir(path) and tokenizer is None and not any(os.path.exists(os.path.join(path, f))
+                                                             for f in TOKENIZER_FILES):
+        raise StreamingArgError(f"pretrained={pretrained!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): "
+                                f"pass tokenizer=<path or hub id> in --model_args")
+
+
+def _check_architecture(pretrained: str, method: str, kwargs: dict) -> None:
+    """Refuse an unsupported architecture from its config, before the weights are loaded."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(pretrained, revision=kwargs.get("revision") or "main",
+                                            trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
+    except (OSError, ValueError):
+        return  # lm-eval's own loading reports it
+    check_supported(config, method)
+
+
 @register_model("streaming_hf")
 class StreamingHFLM(HFLM):
     """HF causal LM scored with a StreamingLLM cache (or a baseline: dense, window, sliding_recompute)."""
@@ -45,10 +95,13 @@ class StreamingHFLM(HFLM):
     def __init__(self, pretrained: str | None = None, method: str = "streaming_llm", start_size=4,
                  recent_size=252, chunk_size=DEFAULT_CHUNK_SIZE, device: str | None = None, **kwargs):
         # Validate everything before any model is loaded.
+        _check_unknown_args(kwargs)
         self.policy = CachePolicy(str(method), start_size, recent_size)
         self.chunk_size = as_int("chunk_size", chunk_size, 1)
         if pretrained is None or default_model.is_default(pretrained):
             pretrained = str(default_model.ensure_default_model())
+        _check_local_checkpoint(pretrained, kwargs.get("tokenizer"))
+        _check_architecture(pretrained, self.policy.method, kwargs)
         super().__init__(pretrained=pretrained, device=_default_device(device), **kwargs)
         check_supported(self.config, self.policy.method)
         use_streaming_attention(self.model)
@@ -82,6 +135,8 @@ class StreamingHFLM(HFLM):
 
     def _score(self, sequences: list[list[int]], desc: str, disable_tqdm: bool) -> list[ScoredTokens]:
         """Score sequences in batches of similar length, keeping the input order."""
+        if not sequences:
+            return []
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
         results: list[ScoredTokens | None] = [None] * len(sequences)
         total = sum(len(s) - 1 for s in sequences)
@@ -126,10 +181,12 @@ class StreamingHFLM(HFLM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Each document is ONE stream (lm-eval's HF class cuts it into max_length windows)."""
         sequences = [[self.prefix_token_id] + self.tok_encode(req.args[0]) for req in requests]
+        scorable = [i for i, seq in enumerate(sequences) if len(seq) > 1]  # an empty document has no token
+        scored = dict(zip(scorable, self._score([sequences[i] for i in scorable],
+                                                f"streaming_hf {self.policy.describe()}", disable_tqdm)))
         results = []
-        for req, seq, scored in zip(requests, sequences,
-                                    self._score(sequences, f"streaming_hf {self.policy.describe()}", disable_tqdm)):
-            result = self._rolling_result(scored) if len(seq) > 1 else RollingResult(0.0)
+        for i, req in enumerate(requests):
+            result = self._rolling_result(scored[i]) if i in scored else RollingResult(0.0, n_tokens=0)
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, result)
             results.append(result)
         return results

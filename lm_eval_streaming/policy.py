@@ -61,14 +61,11 @@ class CachePolicy:
         if self.method not in METHODS:
             raise StreamingArgError(f"method={self.method!r} is unknown: expected one of {', '.join(METHODS)}")
         object.__setattr__(self, "start_size", as_int("start_size", self.start_size, 0))
-        object.__setattr__(self, "recent_size", as_int("recent_size", self.recent_size, 0))
+        recent_min = 1 if self.method == "streaming_llm" else 0
+        object.__setattr__(self, "recent_size", as_int("recent_size", self.recent_size, recent_min))
         if self.method in ("window", "sliding_recompute") and self.budget < 1:
             raise StreamingArgError(
                 f"start_size + recent_size = {self.budget} for method={self.method}: expected at least 1"
-            )
-        if self.method == "streaming_llm" and self.recent_size < 1:
-            raise StreamingArgError(
-                f"recent_size={self.recent_size} for method=streaming_llm: expected an integer >= 1"
             )
 
     @property

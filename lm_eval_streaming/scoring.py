@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .architectures import num_layers, rotary_inv_freq
-from .attention import ChunkContext, ScoreStats
+from .architectures import num_layers, rotary_inv_freq, use_streaming_attention
+from .attention import ATTN_IMPLEMENTATION, ChunkContext, ScoreStats
 from .cache import StreamingCache
 from .policy import CachePolicy
 
@@ -137,8 +137,50 @@ class RecomputeSession:
 
 
 def open_session(model, policy: CachePolicy, diagnostics: Diagnostics | None = None):
+    if model.config._attn_implementation != ATTN_IMPLEMENTATION:
+        use_streaming_attention(model)
     cls = CachedSession if policy.uses_cache else RecomputeSession
     return cls(model, policy, diagnostics)
+
+
+class InsufficientMemory(RuntimeError):
+    """The estimated memory of a run exceeds what the device has free."""
+
+
+def estimate_bytes(model, policy: CachePolicy, n_tokens: int, batch: int, chunk_size: int) -> int:
+    """Upper estimate of the memory a scoring run needs beyond the weights: KV cache, scores, logits."""
+    cfg = model.config.get_text_config()
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    elem = next(model.parameters()).element_size()
+    chunk = min(chunk_size, n_tokens)
+    kept = n_tokens if policy.recent is None else min(n_tokens, policy.budget)
+    if not policy.uses_cache:
+        kept, chunk = policy.budget + 1, RECOMPUTE_TOKENS_PER_FORWARD
+    kv = 2 * cfg.num_hidden_layers * batch * kv_heads * head_dim * elem * (kept + chunk)
+    scores = 2 * batch * heads * chunk * (kept + chunk) * 4  # fp32 scores and probabilities of one layer
+    logits = 3 * batch * chunk * cfg.vocab_size * 4  # logits, log-probs, argmax work
+    return kv + scores + logits
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def check_memory(model, policy: CachePolicy, n_tokens: int, batch: int, chunk_size: int) -> None:
+    need, have = estimate_bytes(model, policy, n_tokens, batch, chunk_size), available_bytes(model.device)
+    if need > have:
+        raise InsufficientMemory(
+            f"method={policy.method} over {n_tokens} tokens (batch {batch}, chunk_size {chunk_size}) needs about "
+            f"{need / 2**30:.1f} GiB beyond the weights, but only {have / 2**30:.1f} GiB is free on "
+            f"{model.device}. Use a smaller batch_size or chunk_size, shorter documents, or method=streaming_llm "
+            f"(its memory does not grow with length)."
+        )
 
 
 @dataclass
@@ -168,6 +210,7 @@ def score_sequences(model, sequences: list[list[int]], policy: CachePolicy,
     if min(lengths) < 2:
         raise ValueError(f"each sequence needs at least 2 tokens to score one; got lengths {lengths}")
     total = max(lengths)
+    check_memory(model, policy, total, len(sequences), chunk_size)
     ids = torch.zeros(len(sequences), total, dtype=torch.long)
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
