@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Try bad inputs through the real commands and count how many give a clear error.
+
+Clear = the command exits non-zero, prints no traceback, and its message names the offending value.
+Prints one row per case and a summary line ('N passed, N failed' counts clear / unclear errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
+    """(name, argv, fragment the message must contain)."""
+    from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
+
+    no_tok = tmp / "no_tokenizer"
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(no_tok)
+    gpt2 = tmp / "gpt2"
+    GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(gpt2)
+    (gpt2 / "tokenizer.json").write_text("{}")
+    bad_cfg = tmp / "bad.yaml"
+    bad_cfg.write_text("name: bad\nmodel_id: smollm2-135m\nmax_tokens: many\ngrid:\n  recent_sizes: [252]\n")
+    missing_cfg = tmp / "missing.yaml"
+    missing_cfg.write_text("model_id: smollm2-135m\ngrid:\n  max_tokens: [500]\n")
+    unknown_cfg = tmp / "unknown.yaml"
+    unknown_cfg.write_text("name: u\nmodel_id: smollm2-135m\nmethods: [sinks_only]\ngrid:\n  max_tokens: [500]\n")
+    lm_eval = [sys.executable, "-m", "lm_eval", "--tasks", "streaming_ppl_500", "--model", "streaming_hf",
+               "--model_args"]
+    cli = [sys.executable, "-m", "lm_eval_streaming.cli"]
+    return [
+        ("negative recent_size", lm_eval + ["recent_size=-1"], "recent_size=-1"),
+        ("zero recent_size (streaming_llm)", lm_eval + ["recent_size=0"], "recent_size=0"),
+        ("fractional recent_size", lm_eval + ["recent_size=2.5"], "recent_size=2.5"),
+        ("string start_size", lm_eval + ["start_size=abc"], "start_size='abc'"),
+        ("unknown method", lm_eval + ["method=sinks"], "method='sinks'"),
+        ("chunk_size 0", lm_eval + ["chunk_size=0"], "chunk_size=0"),
+        ("typo of an arg", lm_eval + ["recnt_size=3"], "recnt_size"),
+        ("path that does not exist", lm_eval + ["pretrained=/does/not/exist"], "/does/not/exist"),
+        ("checkpoint without tokenizer", lm_eval + [f"pretrained={no_tok}"], "no tokenizer"),
+        ("learned absolute positions (GPT-2)", lm_eval + [f"pretrained={gpt2}"], "'gpt2'"),
+        ("benchmark: unknown dtype", cli + ["benchmark", "--dtype", "float8"], "float8"),
+        ("benchmark: recent size 0", cli + ["benchmark", "--recent_sizes", "0"], "recent_sizes"),
+        ("benchmark: unknown method", cli + ["benchmark", "--method", "sinks", "--max_tokens", "50"], "sinks"),
+        ("benchmark: 1 token", cli + ["benchmark", "--max_tokens", "1"], "max_tokens=1"),
+        ("experiment: wrong type", cli + ["experiment", str(bad_cfg), "--dry-run"], "max_tokens"),
+        ("experiment: missing field", cli + ["experiment", str(missing_cfg), "--dry-run"], "name"),
+        ("experiment: unknown method", cli + ["experiment", str(unknown_cfg), "--dry-run"], "sinks_only"),
+        ("experiment: no such file", cli + ["experiment", str(tmp / "nope.yaml")], "nope.yaml"),
+    ]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.parse_args(argv)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    clear = unclear = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, args, fragment in _cases(Path(tmp)):
+            proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp, timeout=600)
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+            last = lines[-1] if lines else ""
+            ok = proc.returncode != 0 and "Traceback" not in proc.stderr and fragment in proc.stderr
+            clear, unclear = clear + ok, unclear + (not ok)
+            print(f"{'clear  ' if ok else 'UNCLEAR'} | {name:36s} | exit {proc.returncode} | {last[:150]}")
+    print(f"bad inputs: {clear} passed, {unclear} failed")
+    return 0 if unclear == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
