@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Tiny models gain nothing from threads, and threads spin against each other on a shared machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,17 +39,17 @@ def sharpen(model, factor: float = 4.0):
     return model
 
 
-def make_model(arch: str, layers: int = 2, seed: int = 0, max_positions: int = 256):
+def make_model(arch: str, layers: int = 2, seed: int = 0, max_positions: int = 256, vocab: int = VOCAB):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     if arch == "gpt_neox":
-        cfg = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                             num_attention_heads=4, rotary_pct=0.25, max_position_embeddings=max_positions,
                             use_parallel_residual=True, bos_token_id=0, eos_token_id=0)
         model = GPTNeoXForCausalLM(cfg)
     elif arch == "llama":
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                           bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
         model = LlamaForCausalLM(cfg)

@@ -21,6 +21,7 @@ from lm_eval_streaming.policy import CachePolicy
 from lm_eval_streaming.scoring import score_sequences
 
 ARCHS = ("gpt_neox", "llama")
+VOCAB = 1000  # small: these tests need no tokenizer
 
 
 def _inv_freq(config):
@@ -92,12 +93,12 @@ def ours(model, ids, policy, chunk):
 
 @pytest.fixture(scope="module")
 def models():
-    return {arch: make_model(arch) for arch in ARCHS}
+    return {arch: make_model(arch, vocab=VOCAB) for arch in ARCHS}
 
 
 def _ids(n, seed=0):
     g = random.Random(seed)
-    return [g.randrange(50000) for _ in range(n)]
+    return [g.randrange(VOCAB) for _ in range(n)]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -182,7 +183,7 @@ def test_batch_of_unequal_lengths_equals_one_by_one(models, arch):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_chunked_close_to_token_by_token(dtype):
-    model = make_model("llama").to(dtype)
+    model = make_model("llama", vocab=VOCAB).to(dtype)
     ids = _ids(60, seed=9)
     policy = CachePolicy("streaming_llm", 4, 12)
     one, many = ours(model, ids, policy, 1), ours(model, ids, policy, 32)
