@@ -114,13 +114,15 @@ def test_shipped_configs_are_valid_and_match_the_seed():
     configs = {p.stem: ex.load_config(p) for p in CONFIGS.glob("*.yaml")}
     assert {"length", "cache_size", "model_size", "hardware", "offline_length", "offline_cache_size",
             "offline_dtype", "offline_model_size"} <= set(configs)
-    for c in configs.values():
+    for name, c in configs.items():
         for cell in ex.expand_cells(c):
-            assert cell["methods"] == ["streaming_llm", "window"]
+            assert cell["methods"][0] == "streaming_llm"
+            if name not in ("offline_cache_size", "offline_dtype"):  # sized down for 2 CPU cores
+                assert cell["methods"] == ["streaming_llm", "window"]
     cells = {k: ex.expand_cells(c) for k, c in configs.items()}
     assert [c["max_tokens"] for c in cells["length"]] == [500, 1000, 2000, 5000]
     assert all(c["recent_sizes"] == [252] and c["model_id"] == "EleutherAI/pythia-6.9b" for c in cells["length"])
-    assert [c["recent_sizes"] for c in cells["cache_size"]] == [[124], [252], [508], [1020]]
+    assert [c["recent_sizes"] for c in cells["cache_size"]] == [[124, 252, 508, 1020]]
     assert all(c["max_tokens"] == 2000 for c in cells["cache_size"] + cells["model_size"])
     assert [c["model_id"] for c in cells["model_size"]] == [
         "EleutherAI/pythia-70m-deduped", "EleutherAI/pythia-410m-deduped", "EleutherAI/pythia-6.9b"]
@@ -128,7 +130,7 @@ def test_shipped_configs_are_valid_and_match_the_seed():
         (d, t) for d in ("cuda", "mps", "cpu") for t in ("float32", "bfloat16", "float16")}
     lengths = [c["max_tokens"] for c in cells["offline_length"]]
     assert min(lengths) < 8192 < max(lengths) and all(c["num_samples"] <= 3 for c in cells["offline_length"])
-    assert [c["recent_sizes"] for c in cells["offline_cache_size"]] == [[124], [252], [508], [1020]]
+    assert [c["recent_sizes"] for c in cells["offline_cache_size"]] == [[124, 252, 508, 1020]]
     assert {c["dtype"] for c in cells["offline_dtype"]} == {"float32", "bfloat16", "float16"}
     assert all(c["model_id"] == "smollm2-135m" for k in cells if k.startswith("offline") for c in cells[k])
     assert "only one" in configs["offline_model_size"]["description"].lower()
