@@ -55,7 +55,7 @@ def load_samples(tokenizer, max_tokens: int, num_samples: int) -> list[list[int]
     if not files:
         raise FileNotFoundError(f"no task data under {data}")
     docs = [json.loads(line)["text"] for line in files[-1].read_text().splitlines() if line.strip()]
-    encoded = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]
+    encoded = [tokenizer(d, add_special_tokens=False, verbose=False)["input_ids"] for d in docs]
     samples = []
     for i in range(num_samples):
         seq: list[int] = []

@@ -99,10 +99,40 @@ def generation_table(model, tokenizer, new_tokens: int, block: int, start: int, 
     return rows
 
 
+# Shapes for timing with random weights (timings do not depend on weight values), e.g. on a GPU.
+SHAPES = {
+    "pythia-6.9b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=16384),
+    "pythia-410m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "pythia-70m": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048),
+}
+
+
+def random_model(shape: str, dtype: str, device: str | None):
+    """A Pythia-shaped GPT-NeoX with random weights, built directly on the device."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from . import default_model
+    from .architectures import use_streaming_attention
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = GPTNeoXConfig(vocab_size=50432, rotary_pct=0.25, max_position_embeddings=2048,
+                           use_parallel_residual=True, **SHAPES[shape])
+    with torch.device(device):
+        model = GPTNeoXForCausalLM(config).to(DTYPES[dtype]).eval()
+    use_streaming_attention(model)
+    from transformers import AutoTokenizer
+
+    # Any tokenizer whose ids fit the vocabulary: the text only sets realistic lengths.
+    tokenizer = AutoTokenizer.from_pretrained(default_model.ensure_default_model(progress=False))
+    return model, tokenizer
+
+
 def add_parser(subparsers):
     p = subparsers.add_parser("speed", help="fast-path targets: speed, memory vs length, generation latency",
                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model_id", default="smollm2-135m")
+    p.add_argument("--shape", choices=list(SHAPES), default=None,
+                   help="time a model of this shape with random weights instead of --model_id (e.g. on CUDA, float16)")
     p.add_argument("--tokens", type=int, default=5000, help="document length for the speed table")
     p.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK_SIZE)
     p.add_argument("--start_size", type=int, default=4)
@@ -125,7 +155,11 @@ def run(args) -> int:
     import transformers
     from tabulate import tabulate
 
-    model, tokenizer = load_model(args.model_id, args.dtype, args.device, method="streaming_llm")
+    if args.shape:
+        model, tokenizer = random_model(args.shape, args.dtype, args.device)
+        args.model_id = f"{args.shape} (random weights)"
+    else:
+        model, tokenizer = load_model(args.model_id, args.dtype, args.device, method="streaming_llm")
     skip = set(args.skip.split(","))
     print(f"model={args.model_id} dtype={args.dtype} device={model.device} torch={torch.__version__} "
           f"transformers={transformers.__version__} machine={platform.machine()} threads={torch.get_num_threads()}")
