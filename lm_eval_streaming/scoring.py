@@ -81,7 +81,7 @@ class CachedSession:
         logits = _forward(self.model, ids.to(self.device), positions, ctx, cache=self.cache)
         self.pos += n
         if self.diag is not None:
-            self.diag.max_position = self.pos - 1
+            self.diag.max_position = max(self.diag.max_position, self.pos - 1)
             self.diag.peak_kv_bytes = max(self.diag.peak_kv_bytes, self.cache.nbytes())
         return logits
 
@@ -128,7 +128,7 @@ class RecomputeSession:
         self.pos = end
         self.history = hist[:, -(self.window - 1):] if self.window > 1 else hist[:, :0]
         if self.diag is not None:
-            self.diag.max_position = min(self.pos, self.window) - 1
+            self.diag.max_position = max(self.diag.max_position, min(self.pos, self.window) - 1)
         return torch.cat(out, dim=1)
 
     def _dense_ctx(self, pos):
