@@ -231,6 +231,25 @@ def render_markdown(columns: list[str], rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _task_order(task: str):
+    """Natural order, so streaming_ppl_2000 comes before streaming_ppl_10000."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", task)]
+
+
+def pivot(rows: list[dict], metric: str) -> str:
+    """Markdown table: one row per task, one column per run, cells ``metric ± stderr``."""
+    tasks = sorted({c.split("/", 1)[0] for r in rows for c in r if c.endswith(f"/{metric}")}, key=_task_order)
+    head = ["task"] + [r["model_name"] for r in rows]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for task in tasks:
+        cells = []
+        for r in rows:
+            value, err = r.get(f"{task}/{metric}"), r.get(f"{task}/{metric}_stderr")
+            cells.append("" if value is None else _fmt(value) + ("" if err is None else f" ± {_fmt(err)}"))
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _safe_part(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", part).strip("._") or "_"
 
@@ -288,6 +307,8 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", default="leaderboard", metavar="OUTDIR",
                         help="where to write comparison.md/.csv and results/<model_name>/results_*.json "
                              "(default: leaderboard)")
+    parser.add_argument("--pivot", action="append", default=[], metavar="METRIC",
+                        help="also print METRIC as a tasks x runs markdown table (repeatable), e.g. token_perplexity")
     parser.set_defaults(func=run)
     return parser
 
@@ -310,6 +331,8 @@ def run(args) -> int:
         return 1
     print(f"{len(out['runs'])} runs, {len(out['rows'])} rows -> {out['markdown']}, {out['csv']}, "
           f"{len(out['files'])} leaderboard files in {Path(args.output) / 'results'}")
+    for metric in args.pivot:
+        print(f"\n{metric}\n\n{pivot(out['rows'], metric)}")
     return 0
 
 

@@ -122,3 +122,15 @@ def test_empty_dir_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert lb.main([str(tmp_path / "empty"), "--output", str(tmp_path / "b")]) == 1
     assert "no lm-eval results" in capsys.readouterr().err
+
+
+def test_pivot_puts_tasks_in_natural_order_with_stderr():
+    from lm_eval_streaming.leaderboard import pivot
+
+    rows = [{"model_name": "m__dense", "streaming_ppl_10000/token_perplexity": 30.0,
+             "streaming_ppl_2000/token_perplexity": 20.0, "streaming_ppl_2000/token_perplexity_stderr": 1.5},
+            {"model_name": "m__streaming_llm-s4-r252", "streaming_ppl_2000/token_perplexity": 21.0}]
+    lines = pivot(rows, "token_perplexity").splitlines()
+    assert lines[0] == "| task | m__dense | m__streaming_llm-s4-r252 |"
+    assert lines[2].startswith("| streaming_ppl_2000 | 20.0") and "± 1.5" in lines[2]
+    assert lines[3].startswith("| streaming_ppl_10000 | 30.0") and lines[3].endswith("|  |")
