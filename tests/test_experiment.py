@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -253,3 +254,40 @@ def test_real_path_loads_each_model_once(tmp_path, monkeypatch):
     assert calls == [100, 200, 100, 200]  # grouped by model/dtype: 2 loads for 4 cells
     assert loads == [("smollm2-135m", "float32", "cpu", "streaming_llm"),
                      ("smollm2-135m", "bfloat16", "cpu", "streaming_llm")]
+
+
+def test_real_kill_and_resume_gives_the_uninterrupted_results(tiny_model_dirs, tmp_path):
+    """SIGKILL a real `lm-eval-streaming experiment` (tiny model) after its first cell; the re-run
+    finishes the grid, and every cell's scores equal an uninterrupted run's."""
+    import signal
+    import subprocess
+    import time
+
+    cfg = tmp_path / "kill.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "kill", "model_id": str(tiny_model_dirs["llama"]), "methods": ["streaming_llm", "window"],
+        "start_size": 2, "recent_sizes": [16], "num_samples": 2, "num_warmup": 0, "device": "cpu",
+        "dtype": "float32", "grid": {"max_tokens": [150, 300, 450]},
+    }))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lm_eval_streaming.cli", "experiment", str(cfg), "--no-progress", "--output"]
+    killed = tmp_path / "killed.jsonl"
+    proc = subprocess.Popen(cmd + [str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not killed.exists() or not killed.read_text().count("\n")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = killed.read_text().count("\n")
+    assert 1 <= n_before < 3, "the kill must land mid-grid"
+    assert subprocess.run(cmd + [str(killed)], env=env, capture_output=True).returncode == 0
+    clean = tmp_path / "clean.jsonl"
+    assert subprocess.run(cmd + [str(clean)], env=env, capture_output=True).returncode == 0
+
+    def scores(path):
+        return {(r["cell_key"], r["method"]): (r["ppl"], r["acc"], r["nll_mean"]) for r in ex.load_results([path])}
+
+    resumed, uninterrupted = scores(killed), scores(clean)
+    assert len(uninterrupted) == 3 * 3 and resumed.keys() == uninterrupted.keys()
+    for key, value in uninterrupted.items():
+        assert resumed[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
