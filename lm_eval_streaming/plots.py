@@ -49,6 +49,15 @@ def _new_figure(width: float = 7.0, height: float = 4.5):
     return fig, fig.add_subplot(1, 1, 1)
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, format="png")
@@ -86,12 +95,9 @@ def ppl_vs_length(rows: list[dict], outdir: Path) -> list[Path]:
             ax.axvline(tc, color="red", linestyle=":", label=f"trained context ({tc})")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_ylabel("perplexity")
-        ax.set_title(f"Perplexity vs length: {model} ({device}, {dtype})", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        paths.append(_save(fig, outdir / f"ppl_vs_length__{_slug(model, device, dtype)}.png"))
+        paths.append(_finish(fig, ax, "sequence length (tokens)", "perplexity",
+                             f"Perplexity vs length: {model} ({device}, {dtype})",
+                             outdir / f"ppl_vs_length__{_slug(model, device, dtype)}.png"))
     return paths
 
 
@@ -115,12 +121,9 @@ def ppl_vs_cache(rows: list[dict], outdir: Path) -> list[Path]:
         if _finite(dense):
             ax.axhline(dense, label=f"dense ({dense:.2f})", **DENSE_STYLE)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("recent size (tokens kept besides the sinks)")
-        ax.set_ylabel("perplexity")
-        ax.set_title(f"Perplexity vs cache size: {model}, {tokens} tokens ({device}, {dtype})", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        paths.append(_save(fig, outdir / f"ppl_vs_cache__{_slug(model, tokens, device, dtype)}.png"))
+        paths.append(_finish(fig, ax, "recent size (tokens kept besides the sinks)", "perplexity",
+                             f"Perplexity vs cache size: {model}, {tokens} tokens ({device}, {dtype})",
+                             outdir / f"ppl_vs_cache__{_slug(model, tokens, device, dtype)}.png"))
     return paths
 
 
@@ -147,12 +150,9 @@ def nll_vs_position(rows: list[dict], outdir: Path) -> list[Path]:
         tc = _trained_context(rs)
         if tc:
             ax.axvline(tc, color="red", linestyle=":", label=f"trained context ({tc})")
-        ax.set_xlabel("token position")
-        ax.set_ylabel("NLL (nats/token)")
-        ax.set_title(f"NLL vs position: {model}, {longest} tokens ({device}, {dtype})", fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        paths.append(_save(fig, outdir / f"nll_vs_position__{_slug(model, longest, device, dtype)}.png"))
+        paths.append(_finish(fig, ax, "token position", "NLL (nats/token)",
+                             f"NLL vs position: {model}, {longest} tokens ({device}, {dtype})",
+                             outdir / f"nll_vs_position__{_slug(model, longest, device, dtype)}.png"))
     return paths
 
 
