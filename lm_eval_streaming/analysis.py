@@ -499,7 +499,7 @@ def _numerical(d: _Data) -> Hypothesis:
                                         ev, key=True))
         else:
             ev = (f"all {len(dense)} dense rows are clean: 0 non-finite, max |logit| {_f(max_logit, 1)} "
-                  f"(huge > {HUGE_LOGIT:g}), max |attention score| {_f(max_attn, 1)} (huge > {HUGE_ATTN_SCORE:g})")
+                  f"(huge means > {HUGE_LOGIT:g}), max |attention score| {_f(max_attn, 1)} (huge means > {HUGE_ATTN_SCORE:g})")
             if bad_other:
                 ev += f"; {len(bad_other)} non-dense rows are anomalous (a problem of the cache methods, not the baseline)"
             h.criteria.append(Criterion("non-finite values or huge logits/scores in the dense diagnostics", FAIL,
