@@ -32,21 +32,22 @@ class ScoreStats:
     max_abs_score: float = 0.0
     nonfinite_scores: int = 0
 
-    def observe(self, scores: torch.Tensor, mask: torch.Tensor) -> None:
-        valid = torch.where(mask, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
-        bad = ~torch.isfinite(valid)
-        n_bad = int(bad.sum())
-        self.nonfinite_scores += n_bad
-        if n_bad:
-            valid = valid.masked_fill(bad, 0)
-        self.max_abs_score = max(self.max_abs_score, float(valid.abs().amax()))
+    def observe(self, scores: torch.Tensor) -> None:
+        """``scores`` with blocked entries already zeroed: one pass unless something is non-finite."""
+        low, high = torch.aminmax(scores)
+        if torch.isfinite(low) and torch.isfinite(high):
+            self.max_abs_score = max(self.max_abs_score, float(-low), float(high))
+            return
+        bad = ~torch.isfinite(scores)
+        self.nonfinite_scores += int(bad.sum())
+        self.max_abs_score = max(self.max_abs_score, float(scores.masked_fill(bad, 0).abs().amax()))
 
 
 @dataclass
 class ChunkContext:
     """What every layer's attention needs for one chunk of queries (shared by layers)."""
 
-    mask: torch.Tensor  # [Q, K] bool
+    blocked: torch.Tensor  # [Q, K] bool: True where the query may NOT attend the key
     n_sink_keys: int = 0
     sink_cos: torch.Tensor | None = None  # [Q, rot_dim], re-rotation of queries for sink keys
     sink_sin: torch.Tensor | None = None
@@ -55,7 +56,7 @@ class ChunkContext:
     @classmethod
     def build(cls, policy: CachePolicy, q_pos: torch.Tensor, k_pos: torch.Tensor,
               inv_freq: torch.Tensor | None, stats: ScoreStats | None = None) -> "ChunkContext":
-        ctx = cls(mask=policy.key_mask(q_pos, k_pos), stats=stats)
+        ctx = cls(blocked=~policy.key_mask(q_pos, k_pos), stats=stats)
         if policy.method == "streaming_llm" and policy.sinks:
             delta = policy.sink_query_position(q_pos) - q_pos
             if bool((delta != 0).any()):
@@ -66,7 +67,7 @@ class ChunkContext:
         return ctx
 
     def to(self, device) -> "ChunkContext":
-        self.mask = self.mask.to(device)
+        self.blocked = self.blocked.to(device)
         if self.sink_cos is not None:
             self.sink_cos, self.sink_sin = self.sink_cos.to(device), self.sink_sin.to(device)
         return self
@@ -104,10 +105,10 @@ def streaming_attention(module, query, key, value, attention_mask, scaling, drop
         shifted = rerotate(query, streaming.sink_cos.to(query.device), streaming.sink_sin.to(query.device))
         sink = torch.matmul(grouped(shifted * scaling), key[..., :n, :].transpose(2, 3))
         scores[..., :n] = sink.view(batch, heads, n_q, n)
-    mask = streaming.mask.to(query.device)  # a no-op unless layers sit on several devices
+    blocked = streaming.blocked.to(query.device)  # a no-op unless layers sit on several devices
     if streaming.stats is not None:
-        streaming.stats.observe(scores, mask)
-    scores.masked_fill_(~mask, float("-inf"))
+        streaming.stats.observe(scores.masked_fill_(blocked, 0))
+    scores.masked_fill_(blocked, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     out = torch.matmul(grouped(probs.view(batch, heads, n_q, -1)), value).view(batch, heads, n_q, dim)
     return out.transpose(1, 2).contiguous(), None

@@ -146,3 +146,15 @@ def test_nan_logits_are_reported_not_averaged(tiny_lm):
     metrics = process_results({"text": "The old king walks to the castle by the river."}, [res])
     assert metrics["nonfinite_tokens"] == (res.n_tokens, 1) or metrics["nonfinite_tokens"] == res.n_tokens \
         or metrics["nonfinite_tokens"][0] == res.n_tokens
+
+
+def test_nonfinite_attention_scores_are_counted_only_where_attended():
+    from lm_eval_streaming.attention import ScoreStats
+
+    scores = torch.tensor([[1.0, -7.0, 0.0], [float("inf"), 2.0, float("nan")]])
+    stats = ScoreStats()
+    stats.observe(scores.clone())
+    assert stats.nonfinite_scores == 2 and stats.max_abs_score == 7.0
+    clean = ScoreStats()
+    clean.observe(torch.tensor([[3.0, -9.5]]))
+    assert clean.nonfinite_scores == 0 and clean.max_abs_score == 9.5
