@@ -68,10 +68,12 @@ def speed_table(model, tokenizer, tokens: int, chunk_size: int, start: int, rece
     ]
 
 
-def memory_table(model, tokenizer, lengths, chunk_size, start, recent) -> list[list]:
+def memory_table(model, tokenizer, lengths, chunk_size, start, recent, dense_max=None) -> list[list]:
     rows = []
     for method in ("streaming_llm", "dense"):
         for n in lengths:
+            if method == "dense" and dense_max and n > dense_max:
+                continue
             seq = load_samples(tokenizer, n, 1)[0]
             diag = Diagnostics()
             if torch.cuda.is_available():
@@ -141,6 +143,8 @@ def add_parser(subparsers):
                    help="chunk_size=1 is timed on this many tokens after the cache is full, then scaled")
     p.add_argument("--full", action="store_true", help="time chunk_size=1 over the whole document (slow)")
     p.add_argument("--memory_lengths", default="1000,2000,5000,10000,20000")
+    p.add_argument("--dense_max_tokens", type=int, default=None,
+                   help="skip dense in the memory table above this length (its time grows quadratically)")
     p.add_argument("--gen_tokens", type=int, default=768)
     p.add_argument("--gen_block", type=int, default=128)
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
@@ -170,7 +174,8 @@ def run(args) -> int:
         print(tabulate(rows, headers=["run", "seconds", "ms/token", "x chunked time", "how"], tablefmt="github"))
     if "memory" not in skip:
         lengths = [int(x) for x in args.memory_lengths.split(",")]
-        rows = memory_table(model, tokenizer, lengths, args.chunk_size, args.start_size, args.recent_size)
+        rows = memory_table(model, tokenizer, lengths, args.chunk_size, args.start_size, args.recent_size,
+                            args.dense_max_tokens)
         print("\npeak memory vs document length")
         print(tabulate(rows, headers=["method", "tokens", "KV cache MiB", "RSS increase MiB", "CUDA max MiB",
                                       "seconds"], tablefmt="github"))
