@@ -33,6 +33,10 @@ class Diagnostics:
     scores: ScoreStats = field(default_factory=ScoreStats)
 
     def observe_logits(self, logits: torch.Tensor) -> None:
+        low, high = torch.aminmax(logits)  # one pass; NaN or Inf shows up in the extremes
+        if torch.isfinite(low) and torch.isfinite(high):
+            self.max_abs_logit = max(self.max_abs_logit, float(-low), float(high))
+            return
         nan = torch.isnan(logits)
         inf = torch.isinf(logits)
         self.nan_logits += int(nan.sum())
