@@ -25,6 +25,15 @@ ATTN_IMPLEMENTATION = "lm_eval_streaming"
 LINEAR_ROPE_TYPES = ("default", "linear", "llama3")
 
 
+def numerics(t: torch.Tensor) -> tuple[float, int, int]:
+    """(max |finite value|, NaN count, Inf count) of ``t``: one pass unless something is non-finite."""
+    low, high = torch.aminmax(t)  # NaN or Inf shows up in the extremes
+    if torch.isfinite(low) and torch.isfinite(high):
+        return max(float(-low), float(high)), 0, 0
+    nan, inf = torch.isnan(t), torch.isinf(t)
+    return float(t.masked_fill(nan | inf, 0).abs().amax()), int(nan.sum()), int(inf.sum())
+
+
 @dataclass
 class ScoreStats:
     """Numerics seen inside attention, for the diagnostics."""
@@ -33,14 +42,10 @@ class ScoreStats:
     nonfinite_scores: int = 0
 
     def observe(self, scores: torch.Tensor) -> None:
-        """``scores`` with blocked entries already zeroed: one pass unless something is non-finite."""
-        low, high = torch.aminmax(scores)
-        if torch.isfinite(low) and torch.isfinite(high):
-            self.max_abs_score = max(self.max_abs_score, float(-low), float(high))
-            return
-        bad = ~torch.isfinite(scores)
-        self.nonfinite_scores += int(bad.sum())
-        self.max_abs_score = max(self.max_abs_score, float(scores.masked_fill(bad, 0).abs().amax()))
+        """``scores`` with blocked entries already zeroed."""
+        max_abs, n_nan, n_inf = numerics(scores)
+        self.max_abs_score = max(self.max_abs_score, max_abs)
+        self.nonfinite_scores += n_nan + n_inf
 
 
 @dataclass

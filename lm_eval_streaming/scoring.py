@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .architectures import num_layers, rotary_inv_freq, use_streaming_attention
-from .attention import ATTN_IMPLEMENTATION, ChunkContext, ScoreStats
+from .attention import ATTN_IMPLEMENTATION, ChunkContext, ScoreStats, numerics
 from .cache import StreamingCache
 from .policy import CachePolicy
 
@@ -33,16 +33,10 @@ class Diagnostics:
     scores: ScoreStats = field(default_factory=ScoreStats)
 
     def observe_logits(self, logits: torch.Tensor) -> None:
-        low, high = torch.aminmax(logits)  # one pass; NaN or Inf shows up in the extremes
-        if torch.isfinite(low) and torch.isfinite(high):
-            self.max_abs_logit = max(self.max_abs_logit, float(-low), float(high))
-            return
-        nan = torch.isnan(logits)
-        inf = torch.isinf(logits)
-        self.nan_logits += int(nan.sum())
-        self.inf_logits += int(inf.sum())
-        finite = logits.masked_fill(nan | inf, 0)
-        self.max_abs_logit = max(self.max_abs_logit, float(finite.abs().max()))
+        max_abs, n_nan, n_inf = numerics(logits)
+        self.max_abs_logit = max(self.max_abs_logit, max_abs)
+        self.nan_logits += n_nan
+        self.inf_logits += n_inf
 
     def as_dict(self) -> dict:
         return {
