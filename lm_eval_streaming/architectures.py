@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention import ATTN_IMPLEMENTATION, LINEAR_ROPE_TYPES
+from .attention import LINEAR_ROPE_TYPES
 
 # Rotary-embedding decoders whose attention goes through transformers' AttentionInterface
 # and applies RoPE with the rotate-half convention (GPT-NeoX: on the first rotary_pct of dims).
@@ -25,10 +25,11 @@ class UnsupportedArchitecture(ValueError):
     pass
 
 
-def check_supported(config, method: str) -> None:
-    """Refuse, naming the architecture, anything we would silently compute wrong."""
-    if method == "dense":
+def check_supported(config, policy) -> None:
+    """Refuse, naming the architecture, anything ``policy`` would silently compute wrong."""
+    if policy.full_attention:
         return
+    method = policy.method
     model_type = getattr(config, "model_type", "?")
     if model_type not in SUPPORTED_MODEL_TYPES:
         why = _REFUSED.get(model_type, "not tested with the streaming cache")
@@ -61,8 +62,3 @@ def rotary_inv_freq(model) -> torch.Tensor:
 
 def num_layers(model) -> int:
     return model.config.get_text_config().num_hidden_layers
-
-
-def use_streaming_attention(model) -> None:
-    """Route the model's attention through ``streaming_attention`` (the weights are untouched)."""
-    model.set_attn_implementation(ATTN_IMPLEMENTATION)

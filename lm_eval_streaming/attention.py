@@ -7,11 +7,13 @@ cached rotated at their true positions, queries arrive rotated at theirs, so:
   i.e. at the distance StreamingLLM's positional shift gives them;
 then one softmax runs over both. That is token-by-token StreamingLLM, exactly,
 for C queries in one pass. The function is registered with transformers'
-``AttentionInterface``; the model code is unchanged.
+``AttentionInterface`` and switched on only inside ``with attention_kernel(model, ...)``;
+the model's weights and modules are unchanged.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +21,8 @@ from transformers import AttentionInterface
 
 from .policy import CachePolicy
 
-ATTN_IMPLEMENTATION = "lm_eval_streaming"
+# The project's kernel: float32 softmax, the reference that other kernels are measured against.
+REFERENCE_KERNEL = ATTN_IMPLEMENTATION = "lm_eval_streaming"
 
 # rope types whose angle is linear in the position, so rotations compose.
 LINEAR_ROPE_TYPES = ("default", "linear", "llama3")
@@ -62,10 +65,12 @@ class ChunkContext:
     def build(cls, policy: CachePolicy, q_pos: torch.Tensor, k_pos: torch.Tensor,
               inv_freq: torch.Tensor | None, stats: ScoreStats | None = None) -> "ChunkContext":
         ctx = cls(blocked=~policy.key_mask(q_pos, k_pos), stats=stats)
-        if policy.method == "streaming_llm" and policy.sinks:
-            delta = policy.sink_query_position(q_pos) - q_pos
+        shifted = policy.sink_query_position(q_pos)
+        if shifted is not None:
+            delta = shifted - q_pos
             if bool((delta != 0).any()):
-                angles = delta.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]
+                # float32 (MPS has no float64); HF rotates keys in float32 too, so the error is of the same order.
+                angles = delta.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]
                 emb = torch.cat([angles, angles], dim=-1)
                 ctx.n_sink_keys = int((k_pos < policy.sinks).sum())
                 ctx.sink_cos, ctx.sink_sin = emb.cos(), emb.sin()
@@ -92,7 +97,7 @@ def rerotate(query: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([q_rot, query[..., rot_dim:]], dim=-1)
 
 
-def streaming_attention(module, query, key, value, attention_mask, scaling, dropout=0.0,
+def sink_window_attention(module, query, key, value, attention_mask, scaling, dropout=0.0,
                         streaming: ChunkContext | None = None, **kwargs):
     """query [B, H, Q, D]; key/value [B, Hkv, K, D] (cache + chunk), rotated at true positions."""
     if streaming is None:
@@ -119,4 +124,24 @@ def streaming_attention(module, query, key, value, attention_mask, scaling, drop
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(ATTN_IMPLEMENTATION, streaming_attention)
+AttentionInterface.register(REFERENCE_KERNEL, sink_window_attention)
+
+
+@contextmanager
+def attention_kernel(model, name: str | None):
+    """Route ``model`` through the attention implementation ``name`` (None: leave it as loaded)
+    for the duration of the block, and restore what it had on exit, also after an error."""
+    previous = model.config._attn_implementation
+    if name is None or name == previous:
+        yield model
+        return
+    model.set_attn_implementation(name)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def streaming_attention(model):
+    """``with streaming_attention(model):`` the model runs the project's kernel (the streaming methods)."""
+    return attention_kernel(model, REFERENCE_KERNEL)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .policy import METHODS, CachePolicy, StreamingArgError, as_int
+from .policy import METHODS, StreamingArgError, as_int, policy_for
 from .scoring import DEFAULT_CHUNK_SIZE, Diagnostics, score_sequences
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -32,7 +32,7 @@ def load_model(model_id: str | None, dtype: str = "float32", device: str | None 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import default_model
-    from .architectures import check_supported, use_streaming_attention
+    from .architectures import check_supported
 
     if dtype not in DTYPES:
         raise StreamingArgError(f"dtype={dtype!r} is unknown: expected one of {', '.join(DTYPES)}")
@@ -40,8 +40,7 @@ def load_model(model_id: str | None, dtype: str = "float32", device: str | None 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
-    check_supported(model.config, method)
-    use_streaming_attention(model)
+    check_supported(model.config, policy_for(method))
     return model, tokenizer
 
 
@@ -181,7 +180,7 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
                   model=None, tokenizer=None) -> list[dict]:
     """Dense baseline + every (method, recent size), on the same samples: one record per row."""
     for m in methods:
-        CachePolicy(m, start_size, recent_sizes[0] if recent_sizes else 252)
+        policy_for(m, start_size, recent_sizes[0] if recent_sizes else 252)
     max_tokens = as_int("max_tokens", max_tokens, 2)
     num_samples = as_int("num_samples", num_samples, 1)
     num_warmup = as_int("num_warmup", num_warmup, 0)
@@ -206,7 +205,7 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
     from tqdm import tqdm
 
     for method, recent in tqdm(rows, desc="benchmark rows"):
-        policy = CachePolicy(method, start_size, recent if recent is not None else 252)
+        policy = policy_for(method, start_size, recent if recent is not None else 252)
         record, s_nll, s_acc = _score_row(model, samples, policy, chunk_size, num_warmup, trained_context)
         if method == "dense":
             dense_nll, dense_acc = s_nll, s_acc

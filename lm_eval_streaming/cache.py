@@ -50,9 +50,7 @@ class SinkWindowLayer(DynamicLayer):
         self.n_seen = 0
 
     def nbytes(self) -> int:
-        if not self.is_initialized or self.keys is None:
-            return 0
-        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+        return layer_nbytes(self)
 
 
 class StreamingCache(Cache):
@@ -63,4 +61,17 @@ class StreamingCache(Cache):
         self.policy = policy
 
     def nbytes(self) -> int:
-        return sum(layer.nbytes() for layer in self.layers)
+        return cache_nbytes(self)
+
+
+def layer_nbytes(layer) -> int:
+    """Bytes of one cache layer's keys and values (0 before its first update)."""
+    keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+    if keys is None or values is None or not getattr(layer, "is_initialized", True):
+        return 0
+    return keys.numel() * keys.element_size() + values.numel() * values.element_size()
+
+
+def cache_nbytes(cache: Cache) -> int:
+    """Bytes held by any transformers cache made of layers (ours or a DynamicCache)."""
+    return sum(layer_nbytes(layer) for layer in cache.layers)

@@ -10,8 +10,10 @@ from collections.abc import Callable
 
 import torch
 
+from .attention import attention_kernel
+from .options import DEFAULT_CHUNK_SIZE, as_int
 from .policy import CachePolicy
-from .scoring import DEFAULT_CHUNK_SIZE, Diagnostics, open_session
+from .scoring import Diagnostics, open_session, resolve_kernel
 
 
 @torch.no_grad()
@@ -19,12 +21,20 @@ def generate(model, context: list[int], policy: CachePolicy, max_new_tokens: int
              decode: Callable[[list[int]], str], stop: list[str] = (), eos_token_id: int | None = None,
              chunk_size: int = DEFAULT_CHUNK_SIZE, temperature: float = 0.0, top_p: float = 1.0,
              generator: torch.Generator | None = None, diagnostics: Diagnostics | None = None,
-             on_token: Callable[[int], None] | None = None) -> list[int]:
+             on_token: Callable[[int], None] | None = None, attn_implementation: str | None = None) -> list[int]:
     """Greedy (temperature 0) or sampled continuation of ``context``; stops at
     ``max_new_tokens``, the EOS id, or when the decoded text contains a stop string."""
     if not context:
         raise ValueError("generation needs a non-empty context (at least a BOS/EOT token)")
-    session = open_session(model, policy, diagnostics)
+    chunk_size = as_int("chunk_size", chunk_size, 1)
+    kernel = resolve_kernel(model, policy, attn_implementation)
+    with attention_kernel(model, kernel):
+        return _generate(open_session(model, policy, diagnostics, kernel), context, max_new_tokens, decode, stop,
+                         eos_token_id, chunk_size, temperature, top_p, generator, on_token)
+
+
+def _generate(session, context, max_new_tokens, decode, stop, eos_token_id, chunk_size, temperature, top_p,
+              generator, on_token) -> list[int]:
     ids = torch.as_tensor(context, dtype=torch.long)[None]
     for start in range(0, ids.shape[1], chunk_size):
         logits = session.feed(ids[:, start:start + chunk_size])

@@ -16,31 +16,21 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from tqdm import tqdm
 
 from . import default_model
-from .architectures import check_supported, use_streaming_attention
+from .architectures import check_supported
+from .attention import REFERENCE_KERNEL
 from .errors import install_excepthook
 from .generation import generate
-from .policy import CachePolicy, StreamingArgError, as_int
+from .options import DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, as_int, resolve_device
+from .policy import StreamingArgError, policy_for
 from .scores import CONTEXT_BUCKETS, RollingResult, context_bucket
-from .scoring import DEFAULT_CHUNK_SIZE, Diagnostics, ScoredTokens, score_sequences
+from .scoring import (Diagnostics, ScoredTokens, available_bytes, check_kernel, estimate_bytes, input_device,
+                      resolve_kernel, score_sequences)
 
 logger = logging.getLogger(__name__)
 install_excepthook()
 
 
-def _default_device(requested: str | None = None) -> str:
-    """The requested device, or the best available one (lm_eval's CLI passes cuda:0 by default)."""
-    if requested and not (requested.startswith("cuda") and not torch.cuda.is_available()):
-        return requested
-    if requested:
-        logger.warning("device=%s is not available here; using %s", requested, _default_device())
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-OWN_ARGS = ("method", "start_size", "recent_size", "chunk_size")
+OWN_ARGS = ("method", "start_size", "recent_size", "chunk_size", "attn_implementation")
 
 
 def _check_unknown_args(kwargs: dict) -> None:
@@ -76,7 +66,7 @@ def _check_local_checkpoint(pretrained: str, tokenizer) -> None:
                                 f"pass tokenizer=<path or hub id> in --model_args")
 
 
-def _check_architecture(pretrained: str, method: str, kwargs: dict) -> None:
+def _check_architecture(pretrained: str, policy, kwargs: dict) -> None:
     """Refuse an unsupported architecture from its config, before the weights are loaded."""
     from transformers import AutoConfig
 
@@ -85,43 +75,102 @@ def _check_architecture(pretrained: str, method: str, kwargs: dict) -> None:
                                             trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
     except (OSError, ValueError):
         return  # lm-eval's own loading reports it
-    check_supported(config, method)
+    check_supported(config, policy)
+
+
+# Key of the fingerprint stored in an lm-eval --use_cache database (request hashes are hex digests).
+CACHE_FINGERPRINT_KEY = "lm_eval_streaming/fingerprint"
+
+
+def _check_batch_size(batch_size) -> None:
+    """lm-eval passes ``--batch_size`` through: an int, ``auto`` or ``auto:N`` (N is hf's re-detection
+    schedule; the memory estimate here is recomputed for every batch of requests anyway)."""
+    text = str(batch_size)
+    if text == "auto" or (text.startswith("auto:") and text[5:].replace(".", "", 1).isdigit()):
+        return
+    as_int("batch_size", batch_size, 1)
 
 
 @register_model("streaming_hf")
 class StreamingHFLM(HFLM):
     """HF causal LM scored with a StreamingLLM cache (or a baseline: dense, window, sliding_recompute)."""
 
-    def __init__(self, pretrained: str | None = None, method: str = "streaming_llm", start_size=4,
-                 recent_size=252, chunk_size=DEFAULT_CHUNK_SIZE, device: str | None = None, **kwargs):
+    def __init__(self, pretrained: str | None = None, method: str = "streaming_llm", start_size=DEFAULT_START_SIZE,
+                 recent_size=DEFAULT_RECENT_SIZE, chunk_size=DEFAULT_CHUNK_SIZE, device: str | None = None,
+                 attn_implementation: str | None = None, **kwargs):
         # Validate everything before any model is loaded.
         _check_unknown_args(kwargs)
-        self.policy = CachePolicy(str(method), start_size, recent_size)
+        self.policy = policy_for(str(method), start_size, recent_size)
         self.chunk_size = as_int("chunk_size", chunk_size, 1)
+        _check_batch_size(kwargs.get("batch_size", 1))
+        check_kernel(self.policy, attn_implementation)
         if pretrained is None or default_model.is_default(pretrained):
             pretrained = str(default_model.ensure_default_model())
         _check_local_checkpoint(pretrained, kwargs.get("tokenizer"))
-        _check_architecture(pretrained, self.policy.method, kwargs)
-        super().__init__(pretrained=pretrained, device=_default_device(device), **kwargs)
-        check_supported(self.config, self.policy.method)
-        use_streaming_attention(self.model)
+        _check_architecture(pretrained, self.policy, kwargs)
+        if attn_implementation not in (None, REFERENCE_KERNEL):
+            kwargs["attn_implementation"] = attn_implementation  # loaded as hf would load it
+        super().__init__(pretrained=pretrained, device=resolve_device(device), **kwargs)
+        check_supported(self.config, self.policy)
+        # The kernel each request runs: dense defaults to the model's own (what a plain forward computes).
+        self.kernel = resolve_kernel(self.model, self.policy, attn_implementation)
+        self.pretrained_id = pretrained
         self.trained_context = getattr(self.config, "max_position_embeddings", None)
         self.diagnostics = Diagnostics()
         self._warned_positions = False
 
     # ---------------------------------------------------------------- helpers
-    @property
-    def _batch(self) -> int:
-        bs = self.batch_size
-        if isinstance(bs, int):
-            return max(1, bs)
-        try:
+    def _batch_for(self, sequences: list[list[int]]) -> int:
+        """Documents per forward: the user's batch size, or with ``auto`` the most that the memory
+        estimate fits into half of what is free (at most ``max_batch_size``)."""
+        bs = str(self.batch_size)
+        if not bs.startswith("auto"):
             return max(1, int(bs))
-        except (TypeError, ValueError):
-            return 1
+        longest = max(len(s) for s in sequences)
+        free = available_bytes(input_device(self.model)) // 2
+        batch = 1
+        while batch < min(len(sequences), self.max_batch_size) and \
+                estimate_bytes(self.model, self.policy, longest, 2 * batch, self.chunk_size) <= free:
+            batch *= 2
+        batch = min(batch, len(sequences), self.max_batch_size)
+        logger.info("batch_size=%s: %d documents per forward (%d tokens, memory estimate)", bs, batch, longest)
+        return batch
+
+    def set_cache_hook(self, cache_hook) -> None:
+        """lm-eval's ``--use_cache`` keys results by request only; refuse a cache filled under another
+        model, method, cache size, kernel or dtype, so one setting's numbers never come back as another's."""
+        super().set_cache_hook(cache_hook)
+        db = getattr(cache_hook, "dbdict", None)
+        if db is None:
+            return
+        mine = self.cache_fingerprint()
+        stored = db.get(CACHE_FINGERPRINT_KEY)
+        where = getattr(db, "filename", "the --use_cache database")
+        if stored is None and len(db):
+            raise StreamingArgError(
+                f"--use_cache {where}: it holds {len(db)} results without a streaming_hf fingerprint (another "
+                f"model type or an older version), keyed by request only; they could be another setting's. "
+                f"Use a new --use_cache path for {mine}")
+        if stored is not None and stored != mine:
+            raise StreamingArgError(
+                f"--use_cache {where} was filled by {stored}; this run is {mine}. Reusing it would report one "
+                f"setting's numbers as another's: use one --use_cache path per setting")
+        if stored is None:
+            db[CACHE_FINGERPRINT_KEY] = mine
+            db.commit()
+
+    def cache_fingerprint(self) -> str:
+        """Everything that changes a result, as one line."""
+        dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
+        sha = getattr(self.model.config, "_commit_hash", None)
+        return (f"model={self.pretrained_id} revision={self.revision} sha={sha} dtype={dtype} "
+                f"method={self.policy.method} start_size={self.policy.start_size} "
+                f"recent_size={self.policy.recent_size} chunk_size={self.chunk_size} "
+                f"attn_implementation={self.kernel} prefix_token_id={self.prefix_token_id} "
+                f"add_bos_token={self.add_bos_token}")
 
     def _check_positions(self, longest: int) -> None:
-        if self._warned_positions or self.policy.method != "dense" or not self.trained_context:
+        if self._warned_positions or not self.policy.full_attention or not self.trained_context:
             return
         if longest > self.trained_context:
             self._warned_positions = True
@@ -141,8 +190,9 @@ class StreamingHFLM(HFLM):
         results: list[ScoredTokens | None] = [None] * len(sequences)
         total = sum(len(s) - 1 for s in sequences)
         with tqdm(total=total, desc=desc, unit="tok", disable=disable_tqdm or self.rank != 0) as bar:
-            for i in range(0, len(order), self._batch):
-                idx = order[i:i + self._batch]
+            step = self._batch_for(sequences)
+            for i in range(0, len(order), step):
+                idx = order[i:i + step]
                 batch = [sequences[j] for j in idx]
                 self._check_positions(max(len(s) for s in batch))
                 done = [0]
@@ -154,12 +204,12 @@ class StreamingHFLM(HFLM):
                     bar.update(new)
 
                 for j, scored in zip(idx, score_sequences(self.model, batch, self.policy, self.chunk_size,
-                                                          self.diagnostics, progress)):
+                                                          self.diagnostics, progress, self.kernel)):
                     results[j] = scored
         return results
 
     def _rolling_result(self, scored: ScoredTokens) -> RollingResult:
-        nll, correct = scored.nll, scored.correct
+        nll, correct = scored.nll.double(), scored.correct  # exact sums on the CPU
         finite = torch.isfinite(nll)
         buckets: dict[str, list] = {name: [0.0, 0] for name in CONTEXT_BUCKETS}
         for pos, value, ok in zip(scored.positions.tolist(), nll.tolist(), finite.tolist()):
@@ -192,13 +242,17 @@ class StreamingHFLM(HFLM):
         return results
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
-        """Context + continuation through the streaming cache."""
+        """Context + continuation through the streaming cache (encoded by lm-eval exactly as for ``hf``).
+        An empty continuation (e.g. one whose tokens merged into the context) scores 0.0 and greedy, as ``hf``."""
         sequences = [list(ctx) + list(cont) for _, ctx, cont in requests]
-        scored = self._score(sequences, "streaming_hf loglikelihood", disable_tqdm)
+        scorable = [i for i, (_, _, cont) in enumerate(requests) if len(cont)]
+        scored = dict(zip(scorable, self._score([sequences[i] for i in scorable], "streaming_hf loglikelihood",
+                                                disable_tqdm)))
         results = []
-        for (key, _, cont), s in zip(requests, scored):
+        for i, (key, _, cont) in enumerate(requests):
             n = len(cont)
-            answer = (-float(s.nll[-n:].sum()), bool(s.correct[-n:].all()))
+            s = scored.get(i)
+            answer = (0.0, True) if s is None else (-float(s.nll[-n:].double().sum()), bool(s.correct[-n:].all()))
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, answer)
             results.append(answer)
@@ -218,6 +272,7 @@ class StreamingHFLM(HFLM):
                 self.model, tokens, self.policy, int(kwargs["max_gen_toks"]), self.tok_decode, stop=until,
                 eos_token_id=self.eot_token_id, chunk_size=self.chunk_size, temperature=temperature,
                 top_p=float(kwargs.get("top_p", 1.0) or 1.0), diagnostics=self.diagnostics,
+                attn_implementation=self.kernel,
             )
             text = postprocess_generated_text(self.tok_decode(out), until, None)
             self.cache_hook.add_partial("generate_until", req.args, text)
@@ -231,6 +286,7 @@ class StreamingHFLM(HFLM):
             streaming_start_size=self.policy.start_size,
             streaming_recent_size=self.policy.recent_size,
             streaming_chunk_size=self.chunk_size,
+            streaming_attn_implementation=self.kernel,
             streaming_diagnostics=self.diagnostics.as_dict(),
         )
         return info

@@ -1,72 +1,46 @@
-"""The cache policy: which past tokens a query sees, and at which positions.
+"""The cache policy: which past tokens a query sees, at which positions, and what the cache keeps.
 
-Every method sees at most ``start_size + recent_size`` past tokens plus the
-current token (except ``dense``, which sees all of them):
-
-- ``streaming_llm``: the first ``start_size`` tokens (attention sinks) and the
-  last ``recent_size`` tokens; positions by slot in the cache (positional shift).
-- ``window``: the last ``start_size + recent_size`` tokens, no sinks, same budget.
-- ``sliding_recompute``: the last ``start_size + recent_size`` tokens re-encoded
-  from scratch for every token (positions 0..W), the slow oracle.
-- ``dense``: full causal attention at true positions.
+A policy is a small frozen dataclass, one subclass per method, registered by
+name (``lm_eval_streaming/methods/``). Everything else asks the policy instead
+of comparing method names, so adding a method is one new class and its tests.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-METHODS = ("streaming_llm", "dense", "window", "sliding_recompute")
+from .options import DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, StreamingArgError, as_int
+
+__all__ = ["CachePolicy", "METHODS", "STREAMING_METHODS", "StreamingArgError", "as_int", "policy_for",
+           "register_policy"]
+
+_REGISTRY: dict[str, type["CachePolicy"]] = {}
 
 
-class StreamingArgError(ValueError):
-    """A model argument the user gave is not allowed."""
-
-
-def as_int(name: str, value, minimum: int = 0, allow_none: bool = False) -> int | None:
-    """Accept ints, integral floats (lm-eval turns ``1e3`` into 1000.0) and
-    numeric strings; reject the rest with a message naming the argument."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool):
-        raise StreamingArgError(f"{name}={value!r} is not allowed: expected an integer >= {minimum}")
-    parsed = value
-    if isinstance(value, str):
-        try:
-            parsed = float(value.strip())
-        except ValueError:
-            raise StreamingArgError(
-                f"{name}={value!r} is not a number: expected an integer >= {minimum}"
-            ) from None
-    if isinstance(parsed, float):
-        if not math.isfinite(parsed) or not parsed.is_integer():
-            raise StreamingArgError(f"{name}={value!r} is not an integer: expected an integer >= {minimum}")
-        parsed = int(parsed)
-    if not isinstance(parsed, int):
-        raise StreamingArgError(f"{name}={value!r} has type {type(value).__name__}: expected an integer >= {minimum}")
-    if parsed < minimum:
-        raise StreamingArgError(f"{name}={value!r} is too small: expected an integer >= {minimum}")
-    return parsed
+def register_policy(cls: type["CachePolicy"]) -> type["CachePolicy"]:
+    """Class decorator: make a policy available by its ``method`` name."""
+    _REGISTRY[cls.method] = cls
+    return cls
 
 
 @dataclass(frozen=True)
 class CachePolicy:
-    method: str = "streaming_llm"
-    start_size: int = 4
-    recent_size: int = 252
+    """Base class. Subclasses set the class attributes and override what differs."""
+
+    start_size: int = DEFAULT_START_SIZE
+    recent_size: int = DEFAULT_RECENT_SIZE
+
+    method: ClassVar[str] = ""
+    full_attention: ClassVar[bool] = False  # every earlier token at true positions (the dense baseline)
+    uses_cache: ClassVar[bool] = True  # False: every position re-encodes its window (no KV cache)
+    min_recent: ClassVar[int] = 0
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise StreamingArgError(f"method={self.method!r} is unknown: expected one of {', '.join(METHODS)}")
         object.__setattr__(self, "start_size", as_int("start_size", self.start_size, 0))
-        recent_min = 1 if self.method == "streaming_llm" else 0
-        object.__setattr__(self, "recent_size", as_int("recent_size", self.recent_size, recent_min))
-        if self.method in ("window", "sliding_recompute") and self.budget < 1:
-            raise StreamingArgError(
-                f"start_size + recent_size = {self.budget} for method={self.method}: expected at least 1"
-            )
+        object.__setattr__(self, "recent_size", as_int("recent_size", self.recent_size, self.min_recent))
 
     @property
     def budget(self) -> int:
@@ -75,20 +49,18 @@ class CachePolicy:
 
     @property
     def sinks(self) -> int:
-        return self.start_size if self.method == "streaming_llm" else 0
+        """Leading tokens kept for ever (attention sinks)."""
+        return 0
 
     @property
     def recent(self) -> int | None:
-        """Recent tokens kept in the cache; None means all of them (dense)."""
-        if self.method == "dense":
-            return None
-        if self.method == "streaming_llm":
-            return self.recent_size
+        """Most recent tokens kept; None means all of them."""
         return self.budget
 
     @property
-    def uses_cache(self) -> bool:
-        return self.method != "sliding_recompute"
+    def needs_rotary(self) -> bool:
+        """Whether the attention re-rotates queries (positional shift), so the model needs linear RoPE."""
+        return False
 
     def key_mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """[Q, K] bool: query at true position q_pos[i] may attend key k_pos[j]."""
@@ -99,10 +71,9 @@ class CachePolicy:
             allowed &= (k < self.sinks) | (k >= q - self.recent)
         return allowed
 
-    def sink_query_position(self, q_pos: torch.Tensor) -> torch.Tensor:
-        """With positional shift a query sits at slot min(t, sinks + recent) of the
-        cache, so sink j is seen at distance min(t, sinks + recent) - j."""
-        return torch.clamp(q_pos, max=self.sinks + self.recent)
+    def sink_query_position(self, q_pos: torch.Tensor) -> torch.Tensor | None:
+        """Position a query takes when it scores the sink keys; None: its true position."""
+        return None
 
     def retained(self, n_seen: int) -> tuple[int, int]:
         """(sinks, recent) entries the cache keeps after ``n_seen`` tokens."""
@@ -111,9 +82,36 @@ class CachePolicy:
         sinks = min(self.sinks, n_seen)
         return sinks, min(self.recent, n_seen - sinks)
 
+    def record_sizes(self) -> tuple[int, int | None]:
+        """(start_size, recent_size) as results record them."""
+        return self.start_size, self.recent_size
+
     def describe(self) -> str:
-        if self.method == "dense":
-            return "dense"
-        if self.method == "streaming_llm":
-            return f"streaming_llm-s{self.start_size}-r{self.recent_size}"
         return f"{self.method}-w{self.budget}"
+
+
+def _load_methods() -> None:
+    from . import methods  # noqa: F401  (registers every built-in method)
+
+
+def method_names() -> tuple[str, ...]:
+    _load_methods()
+    return tuple(_REGISTRY)
+
+
+def policy_for(method: str = "streaming_llm", start_size=DEFAULT_START_SIZE,
+               recent_size=DEFAULT_RECENT_SIZE) -> CachePolicy:
+    """The policy of a method by name, with its sizes validated."""
+    _load_methods()
+    cls = _REGISTRY.get(method)
+    if cls is None:
+        raise StreamingArgError(f"method={method!r} is unknown: expected one of {', '.join(_REGISTRY)}")
+    return cls(start_size, recent_size)
+
+
+def __getattr__(name):  # METHODS / STREAMING_METHODS reflect the registry, loaded lazily
+    if name == "METHODS":
+        return method_names()
+    if name == "STREAMING_METHODS":
+        return tuple(m for m in method_names() if not _REGISTRY[m].full_attention)
+    raise AttributeError(name)

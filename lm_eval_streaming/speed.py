@@ -12,10 +12,12 @@ import time
 
 import torch
 
-from .benchmark import DTYPES, _PeakRSS, load_model, load_samples
+from .attention import REFERENCE_KERNEL, attention_kernel
+from .benchmark import _PeakRSS, load_model, load_samples
 from .generation import generate
-from .policy import CachePolicy
-from .scoring import DEFAULT_CHUNK_SIZE, Diagnostics, open_session, score_sequences
+from .options import DEFAULT_CHUNK_SIZE, DTYPE_NAMES, torch_dtype
+from .policy import policy_for
+from .scoring import Diagnostics, open_session, resolve_kernel, score_sequences
 
 
 def _timed(fn):
@@ -31,18 +33,20 @@ def _timed(fn):
 @torch.no_grad()
 def token_by_token_ms(model, seq, policy, n_steady: int) -> float:
     """ms per token of chunk_size=1 once the cache is full (its per-token cost is then constant)."""
-    session = open_session(model, policy)
-    fill = min(len(seq) - n_steady, policy.budget + 1)
-    ids = torch.tensor([seq])
-    session.feed(ids[:, :fill])
-    elapsed, _ = _timed(lambda: [session.feed(ids[:, i:i + 1]) for i in range(fill, fill + n_steady)])
+    kernel = resolve_kernel(model, policy, None)
+    with attention_kernel(model, kernel):
+        session = open_session(model, policy, kernel=kernel)
+        fill = min(len(seq) - n_steady, policy.budget + 1)
+        ids = torch.tensor([seq])
+        session.feed(ids[:, :fill])
+        elapsed, _ = _timed(lambda: [session.feed(ids[:, i:i + 1]) for i in range(fill, fill + n_steady)])
     return 1000 * elapsed / n_steady
 
 
 def speed_table(model, tokenizer, tokens: int, chunk_size: int, start: int, recent: int, n_steady: int,
                 full: bool) -> list[list]:
     seq = load_samples(tokenizer, tokens, 1)[0]
-    policy = CachePolicy("streaming_llm", start, recent)
+    policy = policy_for("streaming_llm", start, recent)
     score_sequences(model, [seq[:chunk_size + 1]], policy, chunk_size)  # warm-up
     t_chunk, _ = _timed(lambda: score_sequences(model, [seq], policy, chunk_size))
     if full:
@@ -51,11 +55,10 @@ def speed_table(model, tokenizer, tokens: int, chunk_size: int, start: int, rece
     else:
         t_one = token_by_token_ms(model, seq, policy, n_steady) * (tokens - 1) / 1000
         one_label = f"{n_steady} steady-state tokens x {tokens - 1}"
-    attn = model.config._attn_implementation
-    model.set_attn_implementation("sdpa")
-    t_dense, _ = _timed(lambda: model(input_ids=torch.tensor([seq[:-1]], device=model.device)))
-    model.set_attn_implementation(attn)
-    t_dense_chunked, _ = _timed(lambda: score_sequences(model, [seq], CachePolicy("dense"), chunk_size))
+    with attention_kernel(model, "sdpa"):
+        t_dense, _ = _timed(lambda: model(input_ids=torch.tensor([seq[:-1]], device=model.device)))
+    t_dense_chunked, _ = _timed(lambda: score_sequences(model, [seq], policy_for("dense"), chunk_size,
+                                                        attn_implementation=REFERENCE_KERNEL))
     return [
         [f"streaming_llm chunk_size={chunk_size}", f"{t_chunk:.1f}", f"{1000 * t_chunk / tokens:.2f}", "1.00",
          "measured"],
@@ -80,7 +83,7 @@ def memory_table(model, tokenizer, lengths, chunk_size, start, recent, dense_max
                 torch.cuda.reset_peak_memory_stats()
             with _PeakRSS() as rss:
                 base = rss.peak
-                elapsed, _ = _timed(lambda: score_sequences(model, [seq], CachePolicy(method, start, recent),
+                elapsed, _ = _timed(lambda: score_sequences(model, [seq], policy_for(method, start, recent),
                                                             chunk_size, diag))
             cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
             rows.append([method, n, f"{diag.peak_kv_bytes / 2**20:.1f}", f"{(rss.peak - base) / 2**20:.0f}",
@@ -92,7 +95,7 @@ def memory_table(model, tokenizer, lengths, chunk_size, start, recent, dense_max
 def generation_table(model, tokenizer, new_tokens: int, block: int, start: int, recent: int) -> list[list]:
     prompt = load_samples(tokenizer, 64, 1)[0]
     stamps = []
-    generate(model, prompt, CachePolicy("streaming_llm", start, recent), new_tokens, tokenizer.decode,
+    generate(model, prompt, policy_for("streaming_llm", start, recent), new_tokens, tokenizer.decode,
              eos_token_id=None, on_token=lambda _: stamps.append(time.perf_counter()))
     rows = []
     for i in range(block, len(stamps), block):
@@ -114,14 +117,12 @@ def random_model(shape: str, dtype: str, device: str | None):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from . import default_model
-    from .architectures import use_streaming_attention
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = GPTNeoXConfig(vocab_size=50432, rotary_pct=0.25, max_position_embeddings=2048,
                            use_parallel_residual=True, **SHAPES[shape])
     with torch.device(device):
-        model = GPTNeoXForCausalLM(config).to(DTYPES[dtype]).eval()
-    use_streaming_attention(model)
+        model = GPTNeoXForCausalLM(config).to(torch_dtype(dtype)).eval()
     from transformers import AutoTokenizer
 
     # Any tokenizer whose ids fit the vocabulary: the text only sets realistic lengths.
@@ -147,7 +148,7 @@ def add_parser(subparsers):
                    help="skip dense in the memory table above this length (its time grows quadratically)")
     p.add_argument("--gen_tokens", type=int, default=768)
     p.add_argument("--gen_block", type=int, default=128)
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES))
     p.add_argument("--device", default=None)
     p.add_argument("--skip", default="", help="comma list of sections to skip: speed, memory, generation")
     return p

@@ -16,8 +16,7 @@ import torch
 from conftest import make_model
 from transformers import DynamicCache
 
-from lm_eval_streaming.architectures import use_streaming_attention
-from lm_eval_streaming.policy import CachePolicy
+from lm_eval_streaming.policy import policy_for
 from lm_eval_streaming.scoring import score_sequences
 
 ARCHS = ("gpt_neox", "llama")
@@ -87,8 +86,7 @@ def recompute_reference(model, ids, window):
 
 
 def ours(model, ids, policy, chunk):
-    use_streaming_attention(model)
-    return score_sequences(model, [ids], policy, chunk_size=chunk)[0].nll
+    return score_sequences(model, [ids], policy, chunk_size=chunk)[0].nll.double()  # float32 -> the reference's dtype
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +105,7 @@ def test_streaming_llm_matches_token_by_token_reference(models, arch, sinks, rec
     model, ids = models[arch], _ids(length, seed=length)
     ref = reference_nll(model, ids, sinks, recent)
     for chunk in (1, 7, 64):
-        got = ours(model, ids, CachePolicy("streaming_llm", sinks, recent), chunk)
+        got = ours(model, ids, policy_for("streaming_llm", sinks, recent), chunk)
         assert torch.allclose(got, ref, atol=1e-4, rtol=0), (chunk, (got - ref).abs().max())
 
 
@@ -115,7 +113,7 @@ def test_streaming_llm_matches_token_by_token_reference(models, arch, sinks, rec
 def test_window_matches_reference_without_sinks(models, arch):
     model, ids = models[arch], _ids(50, seed=1)
     ref = reference_nll(model, ids, 0, 12)  # window keeps start+recent recent tokens
-    got = ours(model, ids, CachePolicy("window", 4, 8), 16)
+    got = ours(model, ids, policy_for("window", 4, 8), 16)
     assert torch.allclose(got, ref, atol=1e-4, rtol=0)
 
 
@@ -124,23 +122,23 @@ def test_dense_equals_plain_hf_forward(models, arch):
     model, ids = models[arch], _ids(70, seed=2)
     ref = plain_nll(model, ids)
     for chunk in (1, 16, 512):
-        assert torch.allclose(ours(model, ids, CachePolicy("dense"), chunk), ref, atol=1e-4, rtol=0)
+        assert torch.allclose(ours(model, ids, policy_for("dense"), chunk), ref, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_cache_larger_than_document_is_dense(models, arch):
     model, ids = models[arch], _ids(40, seed=3)
-    dense = ours(model, ids, CachePolicy("dense"), 64)
+    dense = ours(model, ids, policy_for("dense"), 64)
     for method in ("streaming_llm", "window", "sliding_recompute"):
-        got = ours(model, ids, CachePolicy(method, 4, 40), 8)
+        got = ours(model, ids, policy_for(method, 4, 40), 8)
         assert torch.allclose(got, dense, atol=1e-5, rtol=0), method
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_window_and_streaming_differ(models, arch):
     model, ids = models[arch], _ids(80, seed=4)
-    stream = ours(model, ids, CachePolicy("streaming_llm", 4, 12), 32)
-    window = ours(model, ids, CachePolicy("window", 4, 12), 32)
+    stream = ours(model, ids, policy_for("streaming_llm", 4, 12), 32)
+    window = ours(model, ids, policy_for("window", 4, 12), 32)
     assert (stream - window).abs().mean() > 1e-3
 
 
@@ -149,7 +147,7 @@ def test_sliding_recompute_matches_from_scratch_windows(models, arch):
     model, ids = models[arch], _ids(45, seed=5)
     ref = recompute_reference(model, ids, 10)
     for chunk in (1, 9, 64):
-        got = ours(model, ids, CachePolicy("sliding_recompute", 2, 8), chunk)
+        got = ours(model, ids, policy_for("sliding_recompute", 2, 8), chunk)
         assert torch.allclose(got, ref, atol=1e-4, rtol=0), chunk
 
 
@@ -162,7 +160,7 @@ def test_random_configs_chunked_equals_token_by_token(models, arch):
         sinks, recent = rng.randint(0, 6), rng.randint(1, 24)
         length, chunk = rng.randint(2, 90), rng.randint(2, 70)
         ids = _ids(length, seed=100 + trial)
-        policy = CachePolicy("streaming_llm", sinks, recent)
+        policy = policy_for("streaming_llm", sinks, recent)
         one, many = ours(model, ids, policy, 1), ours(model, ids, policy, chunk)
         assert torch.allclose(one, many, atol=1e-4, rtol=0), (sinks, recent, length, chunk)
         assert abs(float(one.sum() - many.sum())) <= 1e-5 * abs(float(one.sum()))
@@ -171,9 +169,8 @@ def test_random_configs_chunked_equals_token_by_token(models, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_batch_of_unequal_lengths_equals_one_by_one(models, arch):
     model = models[arch]
-    use_streaming_attention(model)
     seqs = [_ids(n, seed=n) for n in (50, 23, 37)]
-    policy = CachePolicy("streaming_llm", 3, 9)
+    policy = policy_for("streaming_llm", 3, 9)
     batched = score_sequences(model, seqs, policy, chunk_size=16)
     for seq, got in zip(seqs, batched):
         alone = score_sequences(model, [seq], policy, chunk_size=5)[0]
@@ -185,7 +182,7 @@ def test_batch_of_unequal_lengths_equals_one_by_one(models, arch):
 def test_low_precision_chunked_close_to_token_by_token(dtype):
     model = make_model("llama", vocab=VOCAB).to(dtype)
     ids = _ids(60, seed=9)
-    policy = CachePolicy("streaming_llm", 4, 12)
+    policy = policy_for("streaming_llm", 4, 12)
     one, many = ours(model, ids, policy, 1), ours(model, ids, policy, 32)
     assert torch.isfinite(many).all()
     assert (one - many).abs().mean() < 0.05  # same math, different summation order

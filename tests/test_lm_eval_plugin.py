@@ -143,9 +143,9 @@ def test_bad_model_args_fail_before_loading(args, fragment):
 
 
 def test_integral_floats_are_accepted():
-    from lm_eval_streaming.policy import CachePolicy, as_int
+    from lm_eval_streaming.policy import as_int, policy_for
 
-    assert CachePolicy("streaming_llm", 4.0, 1e3).recent_size == 1000
+    assert policy_for("streaming_llm", 4.0, 1e3).recent_size == 1000
     assert as_int("chunk_size", "256") == 256
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import load_tokenizer, make_model
 
 from lm_eval_streaming.architectures import UnsupportedArchitecture, check_supported
-from lm_eval_streaming.policy import CachePolicy, StreamingArgError
+from lm_eval_streaming.policy import policy_for, StreamingArgError
 from lm_eval_streaming.scoring import Diagnostics, InsufficientMemory, score_sequences
 
 
@@ -27,16 +27,16 @@ def test_unsupported_architectures_are_refused_by_name(model_type, config_kwargs
 
     config = AutoConfig.for_model(model_type, **config_kwargs)
     with pytest.raises(UnsupportedArchitecture) as err:
-        check_supported(config, "streaming_llm")
+        check_supported(config, policy_for("streaming_llm"))
     assert repr(model_type) in str(err.value) and fragment in str(err.value)
-    check_supported(config, "dense")  # dense is a plain forward: any causal LM
+    check_supported(config, policy_for("dense"))  # dense is a plain forward: any causal LM
 
 
 def test_supported_llama_family_with_sliding_window_off():
     from transformers import AutoConfig
 
-    check_supported(AutoConfig.for_model("mistral", sliding_window=None), "streaming_llm")
-    check_supported(AutoConfig.for_model("qwen2", use_sliding_window=False), "streaming_llm")
+    check_supported(AutoConfig.for_model("mistral", sliding_window=None), policy_for("streaming_llm"))
+    check_supported(AutoConfig.for_model("qwen2", use_sliding_window=False), policy_for("streaming_llm"))
 
 
 def test_streaming_hf_refuses_gpt2_before_loading_weights(tmp_path):
@@ -85,24 +85,22 @@ def test_dense_refuses_when_estimated_memory_exceeds_free(monkeypatch):
     monkeypatch.setattr(scoring, "available_bytes", lambda device: 50 * 2**20)  # 50 MiB free
     ids = list(range(3000))
     with pytest.raises(InsufficientMemory, match="method=dense over 3000 tokens"):
-        score_sequences(model, [ids], CachePolicy("dense"), chunk_size=512)
-    score_sequences(model, [ids[:600]], CachePolicy("streaming_llm", 4, 60), chunk_size=64)  # fits
+        score_sequences(model, [ids], policy_for("dense"), chunk_size=512)
+    score_sequences(model, [ids[:600]], policy_for("streaming_llm", 4, 60), chunk_size=64)  # fits
 
 
 def test_streaming_memory_is_flat_on_100k_tokens():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lm_eval_streaming.architectures import use_streaming_attention
-
+    
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=1,
                                          max_position_embeddings=512)).eval()
-    use_streaming_attention(model)
     peaks = {}
     for n in (2_000, 100_000):
         diag = Diagnostics()
-        out = score_sequences(model, [[i % 64 for i in range(n)]], CachePolicy("streaming_llm", 4, 60), 4096, diag)
+        out = score_sequences(model, [[i % 64 for i in range(n)]], policy_for("streaming_llm", 4, 60), 4096, diag)
         assert torch.isfinite(out[0].nll).all()
         peaks[n] = diag.peak_kv_bytes
     assert peaks[100_000] == peaks[2_000]
