@@ -18,7 +18,7 @@ import torch
 
 from .attention import REFERENCE_KERNEL, attention_kernel
 from .options import DEFAULT_CHUNK_SIZE, as_int
-from .policy import policy_for
+from .policy import baseline_policy
 from .scoring import ScoredTokens, input_device, open_session, resolve_kernel, score_sequences
 
 
@@ -75,7 +75,7 @@ def reference_scores(model, sequences: list[list[int]], chunk_size: int = DEFAUL
                      reference_model=None) -> tuple[list[ScoredTokens], str]:
     """Dense NLLs through the reference kernel in float32, and a description of that reference."""
     ref = reference_model if reference_model is not None else float32_reference(model)
-    scored = score_sequences(ref, sequences, policy_for("dense"), chunk_size, attn_implementation=REFERENCE_KERNEL)
+    scored = score_sequences(ref, sequences, baseline_policy(), chunk_size, attn_implementation=REFERENCE_KERNEL)
     return scored, f"{REFERENCE_KERNEL}/{_dtype_name(ref)}/{input_device(ref).type}"
 
 
@@ -85,7 +85,7 @@ def kernel_error(model, sequences: list[list[int]], attn_implementation: str | N
                  reference: tuple[list[ScoredTokens], str] | None = None) -> KernelError:
     """Per-token |dNLL| of dense through ``attn_implementation`` (None: the model's own) against the
     reference. ``scored`` / ``reference`` reuse NLLs already computed on the same sequences."""
-    dense = policy_for("dense")
+    dense = baseline_policy()
     kernel = resolve_kernel(model, dense, attn_implementation)
     if scored is None:
         scored = score_sequences(model, sequences, dense, chunk_size, attn_implementation=kernel)
@@ -112,7 +112,7 @@ def causality_probe(model, sequence: list[int], attn_implementation: str | None 
     """Dense through ``attn_implementation``: for each p, run the sequence and a copy whose tokens after p
     are random, chunk by chunk as scoring does, and compare the logits at positions <= p."""
     chunk_size = as_int("chunk_size", chunk_size, 1)
-    dense = policy_for("dense")
+    dense = baseline_policy()
     kernel = resolve_kernel(model, dense, attn_implementation)
     if positions is None:
         positions = default_probe_positions(len(sequence), chunk_size)

@@ -12,10 +12,10 @@ from typing import ClassVar
 
 import torch
 
-from .options import DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, StreamingArgError, as_int
+from .options import DEFAULT_METHOD, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, StreamingArgError, as_int
 
-__all__ = ["CachePolicy", "METHODS", "STREAMING_METHODS", "StreamingArgError", "as_int", "policy_for",
-           "register_policy"]
+__all__ = ["CachePolicy", "METHODS", "STREAMING_METHODS", "StreamingArgError", "as_int", "baseline_policy",
+           "policy_for", "register_policy"]
 
 _REGISTRY: dict[str, type["CachePolicy"]] = {}
 
@@ -99,7 +99,7 @@ def method_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def policy_for(method: str = "streaming_llm", start_size=DEFAULT_START_SIZE,
+def policy_for(method: str = DEFAULT_METHOD, start_size=DEFAULT_START_SIZE,
                recent_size=DEFAULT_RECENT_SIZE) -> CachePolicy:
     """The policy of a method by name, with its sizes validated."""
     _load_methods()
@@ -107,6 +107,12 @@ def policy_for(method: str = "streaming_llm", start_size=DEFAULT_START_SIZE,
     if cls is None:
         raise StreamingArgError(f"method={method!r} is unknown: expected one of {', '.join(_REGISTRY)}")
     return cls(start_size, recent_size)
+
+
+def baseline_policy() -> CachePolicy:
+    """The full-attention policy every cache method is compared against (dense)."""
+    _load_methods()
+    return next(cls() for cls in _REGISTRY.values() if cls.full_attention)
 
 
 def __getattr__(name):  # METHODS / STREAMING_METHODS reflect the registry, loaded lazily

@@ -15,7 +15,7 @@ from .architectures import num_layers, rotary_inv_freq
 from .attention import REFERENCE_KERNEL, ChunkContext, ScoreStats, attention_kernel, numerics
 from .cache import StreamingCache, cache_nbytes
 from .options import DEFAULT_CHUNK_SIZE, StreamingArgError, as_int
-from .policy import CachePolicy, policy_for
+from .policy import CachePolicy, baseline_policy
 
 # Windows re-encoded per forward by sliding_recompute: bounds its activation memory.
 RECOMPUTE_TOKENS_PER_FORWARD = 8192
@@ -151,7 +151,7 @@ class RecomputeSession:
         self.model, self.policy, self.diag = model, policy, diagnostics
         self.device = input_device(model)
         self.window = policy.budget + 1  # past tokens + the current one
-        self.dense = policy_for("dense")
+        self.dense = baseline_policy()
         self.history = None  # [B, <= window - 1 + C] most recent tokens
         self.pos = 0
         if diagnostics is not None:

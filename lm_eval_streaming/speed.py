@@ -16,7 +16,7 @@ from .attention import REFERENCE_KERNEL, attention_kernel
 from .benchmark import _PeakRSS, load_model, load_samples
 from .generation import generate
 from .options import DEFAULT_CHUNK_SIZE, DTYPE_NAMES, torch_dtype
-from .policy import policy_for
+from .policy import baseline_policy, policy_for
 from .scoring import Diagnostics, open_session, resolve_kernel, score_sequences
 
 
@@ -57,7 +57,7 @@ def speed_table(model, tokenizer, tokens: int, chunk_size: int, start: int, rece
         one_label = f"{n_steady} steady-state tokens x {tokens - 1}"
     with attention_kernel(model, "sdpa"):
         t_dense, _ = _timed(lambda: model(input_ids=torch.tensor([seq[:-1]], device=model.device)))
-    t_dense_chunked, _ = _timed(lambda: score_sequences(model, [seq], policy_for("dense"), chunk_size,
+    t_dense_chunked, _ = _timed(lambda: score_sequences(model, [seq], baseline_policy(), chunk_size,
                                                         attn_implementation=REFERENCE_KERNEL))
     return [
         [f"streaming_llm chunk_size={chunk_size}", f"{t_chunk:.1f}", f"{1000 * t_chunk / tokens:.2f}", "1.00",
@@ -73,9 +73,9 @@ def speed_table(model, tokenizer, tokens: int, chunk_size: int, start: int, rece
 
 def memory_table(model, tokenizer, lengths, chunk_size, start, recent, dense_max=None) -> list[list]:
     rows = []
-    for method in ("streaming_llm", "dense"):
+    for policy in (policy_for("streaming_llm", start, recent), baseline_policy()):
         for n in lengths:
-            if method == "dense" and dense_max and n > dense_max:
+            if policy.full_attention and dense_max and n > dense_max:
                 continue
             seq = load_samples(tokenizer, n, 1)[0]
             diag = Diagnostics()
@@ -83,10 +83,9 @@ def memory_table(model, tokenizer, lengths, chunk_size, start, recent, dense_max
                 torch.cuda.reset_peak_memory_stats()
             with _PeakRSS() as rss:
                 base = rss.peak
-                elapsed, _ = _timed(lambda: score_sequences(model, [seq], policy_for(method, start, recent),
-                                                            chunk_size, diag))
+                elapsed, _ = _timed(lambda: score_sequences(model, [seq], policy, chunk_size, diag))
             cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-            rows.append([method, n, f"{diag.peak_kv_bytes / 2**20:.1f}", f"{(rss.peak - base) / 2**20:.0f}",
+            rows.append([policy.method, n, f"{diag.peak_kv_bytes / 2**20:.1f}", f"{(rss.peak - base) / 2**20:.0f}",
                          "" if cuda is None else f"{cuda:.0f}", f"{elapsed:.1f}"])
     return rows
 
