@@ -1,8 +1,10 @@
 """``lm-eval-streaming speed``: the fast path's targets, measured in one run, printed as tables.
 
-1. chunked streaming vs token by token (chunk_size=1) vs one dense forward over the document;
-2. peak memory vs document length, streaming and dense;
-3. generation: per-token latency as the generated text grows past the cache size.
+1. ``speed``: chunked streaming vs token by token (chunk_size=1) vs one dense forward over the document;
+2. ``memory``: peak memory vs document length, streaming and dense;
+3. ``generation``: per-token latency as the generated text grows past the cache size;
+4. ``numerics``: what the kernel error and the causality probe cost next to scoring dense once;
+5. ``plan``: memory that Pythia 70M / 410M / 6.9B need per dtype (computed from the shapes, no weights loaded).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import torch
 from .attention import REFERENCE_KERNEL, attention_kernel
 from .benchmark import _PeakRSS, load_model, load_samples
 from .generation import generate
-from .options import DEFAULT_CHUNK_SIZE, DTYPE_NAMES, torch_dtype
-from .policy import baseline_policy, policy_for
-from .scoring import Diagnostics, open_session, resolve_kernel, score_sequences
+from .kernel_checks import causality_probe, kernel_error
+from .options import DEFAULT_CHUNK_SIZE, DTYPE_NAMES, as_int, check_dtype, int_list, resolve_device, torch_dtype
+from .policy import StreamingArgError, baseline_policy, policy_for
+from .scoring import Diagnostics, estimate_bytes, open_session, resolve_kernel, score_sequences
 
 
 def _timed(fn):
@@ -103,25 +106,66 @@ def generation_table(model, tokenizer, new_tokens: int, block: int, start: int, 
     return rows
 
 
-# Shapes for timing with random weights (timings do not depend on weight values), e.g. on a GPU.
+def numerics_table(model, tokenizer, tokens: int, chunk_size: int) -> list[list]:
+    """Seconds of dense scoring through the model's kernel, of the kernel error's extra reference pass,
+    and of the causality probe (default positions), on one document."""
+    seq = load_samples(tokenizer, tokens, 1)[0]
+    dense = baseline_policy()
+    t_dense, scored = _timed(lambda: score_sequences(model, [seq], dense, chunk_size))
+    t_err, err = _timed(lambda: kernel_error(model, [seq], None, chunk_size, scored=scored))
+    t_probe, probe = _timed(lambda: causality_probe(model, seq, None, chunk_size=chunk_size))
+    kernel = model.config._attn_implementation
+    return [
+        [f"dense through {kernel} (scoring)", f"{t_dense:.1f}", "1.00", ""],
+        [f"kernel error (reference {err.reference})", f"{t_err:.1f}", f"{t_err / t_dense:.2f}",
+         f"mean |dNLL| {err.mean:.2e}, max {err.max:.2e}"],
+        [f"causality probe at {probe.positions}", f"{t_probe:.1f}", f"{t_probe / t_dense:.2f}",
+         f"max |dlogit| {probe.max:.2e}"],
+    ]
+
+
+# Pythia shapes, for timing with random weights (timings do not depend on weight values) and memory plans.
 SHAPES = {
-    "pythia-6.9b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=16384),
-    "pythia-410m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-    "pythia-70m": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048),
+    "pythia-6.9b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=16384,
+                        vocab_size=50432),
+    "pythia-410m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                        vocab_size=50304),
+    "pythia-70m": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048,
+                       vocab_size=50304),
 }
+
+
+def pythia_model(shape: str, dtype: str, device):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    config = GPTNeoXConfig(rotary_pct=0.25, max_position_embeddings=2048, use_parallel_residual=True,
+                           tie_word_embeddings=False, **SHAPES[shape])
+    with torch.device(device):
+        return GPTNeoXForCausalLM(config).to(torch_dtype(dtype)).eval()
+
+
+def memory_plan_table(lengths=(2000, 5000), chunk_size: int = DEFAULT_CHUNK_SIZE, start: int = 4,
+                      recent: int = 252) -> list[list]:
+    """GiB of weights plus the scoring estimate (KV cache, one layer's scores, a chunk's logits) per shape and
+    dtype, from meta-device models: what a Mac (unified memory) or a GPU must hold."""
+    rows = []
+    for shape in SHAPES:
+        for dtype in ("float16", "float32"):
+            model = pythia_model(shape, dtype, "meta")
+            weights = sum(p.numel() * p.element_size() for p in model.parameters())
+            row = [shape, dtype, f"{weights / 2**30:.2f}"]
+            for n in lengths:
+                for policy in (baseline_policy(), policy_for("streaming_llm", start, recent)):
+                    row.append(f"{(weights + estimate_bytes(model, policy, n, 1, chunk_size)) / 2**30:.2f}")
+            rows.append(row)
+    return rows
 
 
 def random_model(shape: str, dtype: str, device: str | None):
     """A Pythia-shaped GPT-NeoX with random weights, built directly on the device."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
     from . import default_model
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config = GPTNeoXConfig(vocab_size=50432, rotary_pct=0.25, max_position_embeddings=2048,
-                           use_parallel_residual=True, **SHAPES[shape])
-    with torch.device(device):
-        model = GPTNeoXForCausalLM(config).to(torch_dtype(dtype)).eval()
+    model = pythia_model(shape, dtype, resolve_device(device))
     from transformers import AutoTokenizer
 
     # Any tokenizer whose ids fit the vocabulary: the text only sets realistic lengths.
@@ -149,8 +193,33 @@ def add_parser(subparsers):
     p.add_argument("--gen_block", type=int, default=128)
     p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES))
     p.add_argument("--device", default=None)
-    p.add_argument("--skip", default="", help="comma list of sections to skip: speed, memory, generation")
+    p.add_argument("--skip", default="", help=f"comma list of sections to skip: {', '.join(SECTIONS)}")
+    p.add_argument("--only", default=None, help="comma list of sections to run (default: all but plan)")
     return p
+
+
+SECTIONS = ("speed", "memory", "generation", "numerics", "plan")
+
+
+def _sections(args) -> list[str]:
+    chosen = args.only.split(",") if args.only else [s for s in SECTIONS if s != "plan"]
+    chosen = [s.strip() for s in chosen if s.strip() and s.strip() not in args.skip.split(",")]
+    unknown = [s for s in chosen + [x for x in args.skip.split(",") if x] if s not in SECTIONS]
+    if unknown:
+        raise StreamingArgError(f"section {unknown[0]!r} is unknown: expected some of {', '.join(SECTIONS)}")
+    return chosen
+
+
+def _validate(args) -> None:
+    """Every numeric argument, before any model is loaded."""
+    for name, minimum in (("tokens", 2), ("chunk_size", 1), ("start_size", 0), ("recent_size", 1),
+                          ("steady_tokens", 1), ("gen_tokens", 1), ("gen_block", 1)):
+        setattr(args, name, as_int(name, getattr(args, name), minimum))
+    args.memory_lengths = int_list("memory_lengths", args.memory_lengths, 2)
+    args.dense_max_tokens = as_int("dense_max_tokens", args.dense_max_tokens, 1, allow_none=True)
+    check_dtype(args.dtype)
+    if args.steady_tokens >= args.tokens:
+        raise StreamingArgError(f"steady_tokens={args.steady_tokens} must be smaller than tokens={args.tokens}")
 
 
 def run(args) -> int:
@@ -159,12 +228,24 @@ def run(args) -> int:
     import transformers
     from tabulate import tabulate
 
+    _validate(args)
+    sections = _sections(args)
+    if "plan" in sections:
+        lengths = (2000, 5000)
+        print("\nmemory plan (GiB, computed from the shapes: weights + KV cache + one layer's scores + a chunk's "
+              f"logits; chunk_size={args.chunk_size})")
+        heads = ["model", "dtype", "weights"] + [f"{m} {n} tok" for n in lengths
+                                                 for m in ("dense", f"streaming {args.start_size}+{args.recent_size}")]
+        print(tabulate(memory_plan_table(lengths, args.chunk_size, args.start_size, args.recent_size), headers=heads,
+                       tablefmt="github"))
+        if sections == ["plan"]:
+            return 0
     if args.shape:
         model, tokenizer = random_model(args.shape, args.dtype, args.device)
         args.model_id = f"{args.shape} (random weights)"
     else:
         model, tokenizer = load_model(args.model_id, args.dtype, args.device, method="streaming_llm")
-    skip = set(args.skip.split(","))
+    skip = {s for s in SECTIONS if s not in sections}
     print(f"model={args.model_id} dtype={args.dtype} device={model.device} torch={torch.__version__} "
           f"transformers={transformers.__version__} machine={platform.machine()} threads={torch.get_num_threads()}")
     if "speed" not in skip:
@@ -173,8 +254,7 @@ def run(args) -> int:
         print(f"\n{args.tokens}-token document, start_size={args.start_size}, recent_size={args.recent_size}")
         print(tabulate(rows, headers=["run", "seconds", "ms/token", "x chunked time", "how"], tablefmt="github"))
     if "memory" not in skip:
-        lengths = [int(x) for x in args.memory_lengths.split(",")]
-        rows = memory_table(model, tokenizer, lengths, args.chunk_size, args.start_size, args.recent_size,
+        rows = memory_table(model, tokenizer, args.memory_lengths, args.chunk_size, args.start_size, args.recent_size,
                             args.dense_max_tokens)
         print("\npeak memory vs document length")
         print(tabulate(rows, headers=["method", "tokens", "KV cache MiB", "RSS increase MiB", "CUDA max MiB",
@@ -185,4 +265,8 @@ def run(args) -> int:
         print(f"\ngeneration latency, cache {args.start_size}+{args.recent_size}")
         print(tabulate(rows, headers=["generated tokens", "stream length at end", "ms/token"],
                        tablefmt="github"))
+    if "numerics" not in skip:
+        rows = numerics_table(model, tokenizer, args.tokens, args.chunk_size)
+        print(f"\ncost of the measured numerics, {args.tokens}-token document, dense")
+        print(tabulate(rows, headers=["run", "seconds", "x dense scoring", "result"], tablefmt="github"))
     return 0
