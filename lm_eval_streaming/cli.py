@@ -9,7 +9,7 @@ import sys
 from .policy import StreamingArgError
 
 # subcommand modules, each with add_parser(subparsers) and run(args)
-COMMANDS = ("benchmark", "speed", "experiment", "analysis", "leaderboard")
+COMMANDS = ("benchmark", "speed", "experiment", "analysis", "leaderboard", "recall")
 
 
 def build_parser() -> argparse.ArgumentParser:

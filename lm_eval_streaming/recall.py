@@ -1,0 +1,349 @@
+"""Results of the ``streaming_recall_<D>`` tasks: reading, the stop distance, the report and the figure.
+
+Stable API (used by the analysis report, see /work/notes/recall-api.md):
+
+* :func:`load_recall_results` ``(paths) -> list[RecallPoint]``: one point per
+  model x method (with cache sizes) x distance, from lm-eval ``--output_path``
+  folders or ``results_*.json`` files;
+* :func:`stop_distance` ``(points, label) -> int | None``: the smallest measured
+  distance at which that method no longer recalls (rule: :data:`STOP_RULE`);
+* :func:`practical_meaning` ``(points) -> str``: one paragraph citing the
+  measured stop distances per method ("recall was not measured" without points).
+
+``lm-eval-streaming recall-report DIR... --output docs/recall`` writes the table
+and the figure (recall_gain vs distance, cache size and trained context marked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .leaderboard import find_result_files, run_identity, run_metrics
+
+logger = logging.getLogger(__name__)
+
+TASK_PATTERN = re.compile(r"^streaming_recall_(\d+)$")
+# A method recalls at distance D when the lower end of the 95% interval of
+# recall_gain (nats per Pythia token of the passage) is above this. A real copy
+# gains several nats per token; forgetting gives about 0.
+RECALL_MIN_GAIN = 0.5
+STOP_RULE = (
+    f"a method recalls at distance D when the lower end of the 95% t-interval of recall_gain over documents "
+    f"is above {RECALL_MIN_GAIN} nats per Pythia token (with one document: its recall_gain is above "
+    f"{RECALL_MIN_GAIN}); its stop distance is the smallest measured D at which it does not"
+)
+# The default model's trained context (SmolLM2-135M), used when a run does not record it.
+DEFAULT_TRAINED_CONTEXT = 8192
+
+
+@dataclass(frozen=True)
+class RecallPoint:
+    """recall metrics of one model x method x distance (means over documents, with standard errors).
+
+    recall_gain / recall_nll: nats per Pythia token of the passage; recall_acc: next-token top-1
+    accuracy on the second copy (None when the model did not report token counts, e.g. lm-eval's
+    ``hf``); recall_exact: fraction of documents whose whole second copy is the greedy continuation.
+    """
+
+    model: str
+    label: str  # method with cache sizes: "dense", "streaming_llm-s4-r252", "window-s0-r256", "hf-windowed"
+    method: str
+    start_size: int | None
+    recent_size: int | None
+    distance: int
+    recall_gain: float
+    recall_gain_stderr: float | None
+    recall_nll: float
+    recall_nll_stderr: float | None
+    recall_acc: float | None
+    recall_acc_stderr: float | None
+    recall_exact: float | None
+    recall_exact_stderr: float | None
+    first_nll: float | None
+    n_docs: int | None
+    source: str
+
+    @property
+    def cache_size(self) -> int | None:
+        if self.recent_size is None:
+            return None
+        return (self.start_size or 0) + self.recent_size
+
+
+def _num(value) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x
+
+
+def _n_docs(data: dict, task: str) -> int | None:
+    entry = (data.get("n-samples") or {}).get(task) or {}
+    n = entry.get("effective", entry.get("original"))
+    return int(n) if isinstance(n, (int, float)) else None
+
+
+def load_recall_results(paths) -> list[RecallPoint]:
+    """Recall points from lm-eval results (folders searched for ``results_*.json``, or files).
+
+    When several runs measured the same model, label and distance, the newest one
+    (lm-eval's ``date``, then file name) wins. Runs without recall tasks are ignored.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: dict[tuple, tuple] = {}
+    for root in paths:
+        if not Path(root).exists():
+            raise FileNotFoundError(f"{root}: no such file or folder")
+        for path in find_result_files(root):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as err:
+                logger.warning("skipping %s: %s", path, err)
+                continue
+            if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+                continue
+            ident = run_identity(data)
+            label = ident["model_name"].split("__", 1)[1]
+            order = (_num(data.get("date")) or -math.inf, path.name)
+            for task, m in run_metrics(data).items():
+                match = TASK_PATTERN.match(task)
+                if not match or "recall_gain" not in m:
+                    continue
+                distance = int(match.group(1))
+                point = RecallPoint(
+                    model=ident["model"], label=label, method=ident["method"],
+                    start_size=ident["start_size"], recent_size=ident["recent_size"], distance=distance,
+                    recall_gain=m["recall_gain"], recall_gain_stderr=m.get("recall_gain_stderr"),
+                    recall_nll=m["recall_nll"], recall_nll_stderr=m.get("recall_nll_stderr"),
+                    recall_acc=m.get("recall_acc"), recall_acc_stderr=m.get("recall_acc_stderr"),
+                    recall_exact=m.get("recall_exact"), recall_exact_stderr=m.get("recall_exact_stderr"),
+                    first_nll=m.get("first_nll"), n_docs=_n_docs(data, task), source=str(path),
+                )
+                key = (point.model, label, distance)
+                if key not in found or order >= found[key][0]:
+                    found[key] = (order, point)
+    return sorted((p for _, p in found.values()), key=lambda p: (p.model, p.label, p.distance))
+
+
+def _t975(dof: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
+
+
+def gain_lower_bound(point: RecallPoint) -> float:
+    """Lower end of the 95% t-interval of recall_gain (the point estimate with one document or no stderr)."""
+    se = point.recall_gain_stderr
+    n = point.n_docs or 0
+    if se is None or not math.isfinite(se) or n < 2:
+        return point.recall_gain
+    return point.recall_gain - _t975(n - 1) * se
+
+
+def recalls(point: RecallPoint) -> bool:
+    """Whether the method recalls at this point's distance (see :data:`STOP_RULE`); NaN never recalls."""
+    lower = gain_lower_bound(point)
+    return math.isfinite(lower) and lower > RECALL_MIN_GAIN
+
+
+def _select(points, label: str, model: str | None) -> list[RecallPoint]:
+    chosen = [p for p in points if p.label == label and (model is None or p.model == model)]
+    models = {p.model for p in chosen}
+    if len(models) > 1:
+        raise ValueError(f"label {label!r} has points of several models ({', '.join(sorted(models))}): pass model=")
+    return sorted(chosen, key=lambda p: p.distance)
+
+
+def stop_distance(points, label: str, model: str | None = None) -> int | None:
+    """The smallest measured distance at which ``label`` no longer recalls (:data:`STOP_RULE`).
+
+    None when it recalls at every measured distance, or when ``label`` has no points
+    (check :func:`labels` to tell these apart).
+    """
+    for point in _select(points, label, model):
+        if not recalls(point):
+            return point.distance
+    return None
+
+
+def labels(points) -> list[tuple[str, str]]:
+    """(model, label) pairs present, dense first."""
+    pairs = {(p.model, p.label) for p in points}
+    return sorted(pairs, key=lambda ml: (ml[0], ml[1] != "dense", ml[1]))
+
+
+def describe_label(label: str) -> str:
+    """'streaming_llm-s4-r252' -> 'streaming_llm 4+252'; others unchanged."""
+    m = re.fullmatch(r"(.+)-s(\d+)-r(\d+)", label)
+    return f"{m.group(1)} {m.group(2)}+{m.group(3)}" if m else label
+
+
+def practical_meaning(points) -> str:
+    """One paragraph for 实际意义: the measured stop distance of every method."""
+    points = list(points)
+    if not points:
+        return ("Recall beside perplexity: recall was not measured (no streaming_recall_<D> results were given), "
+                "so nothing here says what eviction forgets; run the streaming_recall tasks to measure it.")
+    parts = []
+    for model, label in labels(points):
+        mine = _select(points, label, model)
+        measured = ", ".join(str(p.distance) for p in mine)
+        stop = stop_distance(points, label, model)
+        name = f"{describe_label(label)} ({model})"
+        if stop is None:
+            parts.append(f"{name} recalled at every measured distance (up to {mine[-1].distance} tokens)")
+        else:
+            last_ok = [p.distance for p in mine if p.distance < stop]
+            if last_ok:
+                parts.append(f"{name} recalled up to {last_ok[-1]} tokens and stopped recalling at {stop}")
+            else:
+                parts.append(f"{name} did not recall even at the shortest measured distance, {stop}")
+        gains = "; ".join(f"D={p.distance}: {p.recall_gain:.2f}" for p in mine)
+        parts[-1] += f" (measured at {measured}; recall_gain nats/token {gains})"
+    return (
+        "Recall beside perplexity (streaming_recall: a 64-token passage repeated after D Pythia tokens of text): "
+        + "; ".join(parts) + f". Rule: {STOP_RULE}." + _contrast(points)
+    )
+
+
+def _contrast(points) -> str:
+    """A sentence when the data show a cache forgetting what full attention still recalls."""
+    out = []
+    for model in sorted({p.model for p in points}):
+        full = [lab for m, lab in labels(points) if m == model and lab in ("dense", "hf-windowed")]
+        for base in full:
+            base_stop = stop_distance(points, base, model)
+            base_d = {p.distance for p in _select(points, base, model)}
+            for m, lab in labels(points):
+                if m != model or lab in ("dense", "hf-windowed"):
+                    continue
+                stop = stop_distance(points, lab, model)
+                if stop is not None and stop in base_d and (base_stop is None or base_stop > stop):
+                    out.append(f"at D={stop} {describe_label(lab)} no longer recalls while {base} still does")
+    if not out:
+        return ""
+    return (" So the cache that keeps perplexity near dense forgets what lies beyond it (" + "; ".join(out)
+            + "): the memory it saves is context lost, not ability gained.")
+
+
+# --------------------------------------------------------------------------- report and figure
+
+
+def _fmt(x, se=None, digits=2) -> str:
+    if x is None:
+        return "n/a"
+    text = f"{x:.{digits}f}"
+    if se is not None and math.isfinite(se):
+        text += f" ± {se:.{digits}f}"
+    return text
+
+
+def table(points) -> str:
+    """Markdown table: one row per distance, one column group per label."""
+    pairs = labels(points)
+    distances = sorted({p.distance for p in points})
+    by_key = {(p.model, p.label, p.distance): p for p in points}
+    multi = len({m for m, _ in pairs}) > 1
+    heads = [f"{describe_label(lab)}{' ' + m if multi else ''}" for m, lab in pairs]
+    lines = ["| D | " + " | ".join(f"{h} gain" for h in heads) + " | " + " | ".join(f"{h} acc" for h in heads) + " |",
+             "|---|" + "---|" * (2 * len(pairs))]
+    for d in distances:
+        gains, accs = [], []
+        for m, lab in pairs:
+            p = by_key.get((m, lab, d))
+            gains.append(_fmt(p.recall_gain, p.recall_gain_stderr) + f" (n={p.n_docs})" if p else "-")
+            acc = None if p is None else p.recall_acc
+            accs.append("-" if p is None else _fmt(acc, p.recall_acc_stderr, 3))
+        lines.append(f"| {d} | " + " | ".join(gains) + " | " + " | ".join(accs) + " |")
+    return "\n".join(lines)
+
+
+def plot(points, path, trained_context: int | None = DEFAULT_TRAINED_CONTEXT) -> Path:
+    """recall_gain vs distance (log x), one line per label, with 95% t-intervals,
+    each streaming cache size and the trained context as vertical lines."""
+    from .plots import _new_figure, _save
+
+    fig, ax = _new_figure()
+    caches = set()
+    for model, label in labels(points):
+        mine = _select(points, label, model)
+        xs = [p.distance for p in mine]
+        ys = [p.recall_gain for p in mine]
+        errs = [(gain_lower_bound(p) if p.recall_gain_stderr is not None else p.recall_gain) for p in mine]
+        yerr = [y - lo for y, lo in zip(ys, errs)]
+        style = {"color": "black", "linestyle": "--"} if label == "dense" else {}
+        ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=describe_label(label), **style)
+        if mine[0].cache_size:
+            caches.add(mine[0].cache_size)
+    for c in sorted(caches):
+        ax.axvline(c, color="tab:gray", linestyle=":", linewidth=1.2)
+        ax.annotate(f"cache {c}", (c, 1), xycoords=("data", "axes fraction"), rotation=90, va="top",
+                    ha="right", fontsize=8, color="tab:gray")
+    if trained_context:
+        ax.axvline(trained_context, color="tab:red", linestyle="-.", linewidth=1.2)
+        ax.annotate(f"trained context {trained_context}", (trained_context, 1), xycoords=("data", "axes fraction"),
+                    rotation=90, va="top", ha="right", fontsize=8, color="tab:red")
+    ax.axhline(RECALL_MIN_GAIN, color="tab:green", linewidth=0.8, alpha=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("distance D between the two copies (Pythia tokens)")
+    ax.set_ylabel("recall_gain (nats per Pythia token)")
+    ax.set_title("What eviction forgets: NLL(first copy) - NLL(second copy)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
+def write_report(points, output, trained_context: int | None = DEFAULT_TRAINED_CONTEXT) -> dict:
+    """``<output>/recall_results.md``, ``recall_points.json`` and ``recall_gain_vs_distance.png``."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = plot(points, out / "recall_gain_vs_distance.png", trained_context)
+    stops = [f"- {describe_label(lab)} ({m}): stop distance "
+             f"{stop_distance(points, lab, m) or 'none (recalls at every measured distance)'}"
+             for m, lab in labels(points)]
+    md = ("# Recall: what eviction forgets\n\nWritten by `lm-eval-streaming recall-report`. recall_gain = "
+          "NLL(first copy) - NLL(second copy), nats per Pythia token, ± standard error over documents "
+          "(n = documents); acc = next-token top-1 accuracy on the second copy.\n\n"
+          f"{table(points)}\n\n" + "\n".join(stops) + f"\n\nRule: {STOP_RULE}.\n\n"
+          f"{practical_meaning(points)}\n\n![recall_gain vs distance]({figure.name})\n")
+    (out / "recall_results.md").write_text(md, encoding="utf-8")
+    (out / "recall_points.json").write_text(json.dumps([asdict(p) for p in points], indent=1) + "\n",
+                                            encoding="utf-8")
+    return {"markdown": out / "recall_results.md", "figure": figure}
+
+
+def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("dirs", nargs="+", help="lm-eval --output_path folders or results_*.json files")
+    parser.add_argument("--output", default="docs/recall", help="folder for the table, points and figure")
+    parser.add_argument("--trained_context", type=int, default=DEFAULT_TRAINED_CONTEXT,
+                        help="trained context drawn in the figure (default: SmolLM2-135M's 8192; 0 = none)")
+    return parser
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    return _configure(subparsers.add_parser(
+        "recall-report", help="table, stop distances and figure of streaming_recall results",
+        description="Read lm-eval results of the streaming_recall_<D> tasks and write recall_results.md, "
+                    "recall_points.json and recall_gain_vs_distance.png."))
+
+
+def run(args) -> int:
+    if args.trained_context < 0:
+        raise ValueError(f"--trained_context={args.trained_context} is not allowed: expected an integer >= 0")
+    points = load_recall_results(args.dirs)
+    if not points:
+        print(f"error: no streaming_recall results under {', '.join(args.dirs)}", file=sys.stderr)
+        return 1
+    out = write_report(points, args.output, args.trained_context or None)
+    print(table(points))
+    print(f"\n{practical_meaning(points)}\n\n-> {out['markdown']}, {out['figure']}")
+    return 0
