@@ -133,12 +133,12 @@ def _check_value(path, field: str, value):
 
 def _check_cell(path, cell: dict, where: str) -> None:
     """Cross-field checks of one cell: the cache policy of every method and size."""
-    from lm_eval_streaming.policy import CachePolicy, StreamingArgError
+    from lm_eval_streaming.policy import StreamingArgError, policy_for
 
     for m in cell["methods"]:
         for r in cell.get("recent_sizes", [252]):
             try:
-                CachePolicy(m, cell.get("start_size", 4), r)
+                policy_for(m, cell.get("start_size", 4), r)
             except StreamingArgError as e:
                 raise _err(path, "recent_sizes" if "recent" in str(e) else "start_size",
                            f"{e} ({where})", "sizes the cache policy accepts") from None
