@@ -1,0 +1,371 @@
+"""The typed record of a scored run: what ``benchmark`` produces, ``experiment`` stores and
+``analyze`` / ``plots`` / ``leaderboard`` read.
+
+A :class:`Run` is one benchmark call (one experiment cell): the run's settings and one
+:class:`Row` per scored setting (dense once per attention kernel, every streaming setting), all
+on the same samples. Optional fields are ``None`` when not measured; every reader treats
+``None`` as unknown, never as 0 or clean.
+
+JSON: ``Run.to_dict()`` / ``Run.from_dict()`` (the new layout, marked ``"schema": SCHEMA``;
+unknown keys are an error). ``run_from_legacy_rows`` reads the old flat rows (experiment JSONL
+before the typed record, old ``benchmark --output`` lists). ``load_runs`` reads any mix of
+experiment JSONL and benchmark JSON files, one warning line per file it cannot (fully) read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterable
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "lm_eval_streaming.run/2"
+REFERENCE_KERNEL = "lm_eval_streaming"  # = attention.REFERENCE_KERNEL (no torch import here)
+
+
+class RecordError(ValueError):
+    """A dict is not a valid record of this layout."""
+
+
+@dataclass
+class Buckets:
+    """Token-weighted mean NLL per bucket. ``edges`` are the len(nll)+1 boundaries (a bucket is
+    [edges[i], edges[i+1])); ``nll`` is None for an empty bucket; ``count`` None when not recorded."""
+
+    edges: list[float]
+    nll: list[float | None]
+    count: list[int] | None = None
+
+    def centers(self) -> list[float]:
+        return [(a + b) / 2 if math.isfinite(b) else a for a, b in zip(self.edges, self.edges[1:])]
+
+
+@dataclass
+class Interval:
+    """95% confidence interval; a field holds None instead when it cannot be computed (1 sample)."""
+
+    low: float
+    high: float
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+@dataclass
+class KernelErrorStats:
+    """|NLL(row's kernel, dtype, device) - NLL(reference kernel, float32)| per token."""
+
+    reference: str  # e.g. "lm_eval_streaming/float32/cpu"
+    mean_abs_dnll: float
+    max_abs_dnll: float
+    nonfinite: int | None = None  # tokens where either side was NaN/Inf
+    by_position: Buckets | None = None
+    by_relative_position: Buckets | None = None  # position / trained context
+
+
+@dataclass
+class CausalityStats:
+    """For each probed position p: max |dlogit| at positions <= p when the tokens after p change."""
+
+    positions: list[int]
+    max_abs_dlogit: list[float]
+    max_abs_dlogit_overall: float
+    samples_probed: int = 1  # the first samples of the run
+
+
+@dataclass
+class Row:
+    """One scored setting of a run, on the same samples as every other row of the run."""
+
+    method: str
+    start_size: int
+    recent_size: int | None  # None: all tokens (dense)
+    attn_implementation: str | None  # None: not recorded
+    ppl: float
+    acc: float
+    nll_mean: float
+    ppl_ci: Interval | None = None
+    acc_ci: Interval | None = None
+    per_sample_nll: list[float] | None = None
+    per_sample_acc: list[float] | None = None
+    scored_tokens: int | None = None
+    # paired difference to one dense row of the run (its attn_implementation: delta_reference)
+    delta_reference: str | None = None
+    delta_nll_vs_dense: float | None = None
+    delta_nll_ci: Interval | None = None
+    delta_acc_vs_dense: float | None = None
+    delta_acc_ci: Interval | None = None
+    tokens_per_s: float | None = None
+    latency_ms_per_token: float | None = None
+    peak_kv_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    cuda_max_allocated_bytes: int | None = None
+    max_position: int | None = None
+    exceeded_trained_context: bool | None = None
+    nll_by_position: Buckets | None = None
+    nll_by_relative_position: Buckets | None = None
+    nll_curve: Buckets | None = None
+    nonfinite_tokens: int | None = None
+    nan_logits: int | None = None
+    inf_logits: int | None = None
+    max_abs_logit: float | None = None
+    max_abs_attn_score: float | None = None
+    nonfinite_attn_scores: int | None = None
+    kernel_error: KernelErrorStats | None = None
+    causality: CausalityStats | None = None
+
+    @property
+    def is_dense(self) -> bool:
+        return self.recent_size is None
+
+    def label(self) -> str:
+        if self.is_dense:
+            return f"dense[{self.attn_implementation or '?'}]"
+        return f"{self.method} {self.start_size}+{self.recent_size}"
+
+
+@dataclass
+class Run:
+    """One benchmark call = one experiment cell."""
+
+    model_id: str
+    max_tokens: int
+    num_samples: int
+    dtype: str
+    device: str
+    chunk_size: int
+    rows: list[Row]
+    model_revision: str | None = None
+    model_family: str | None = None
+    model_params: float | None = None
+    trained_context: int | None = None
+    num_warmup: int | None = None
+    sample_spec: str | None = None  # how the samples were built (changes the numbers)
+    versions: dict[str, str] = field(default_factory=dict)
+    machine: str | None = None
+    experiment: str | None = None
+    cell_key: str | None = None
+    cell: dict | None = None  # the experiment cell's parameters
+    finished_at: str | None = None
+    source: str | None = None  # file it was read from (not stored)
+
+    def to_dict(self) -> dict:
+        out = {"schema": SCHEMA, **asdict(self)}
+        out.pop("source")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | None = None) -> "Run":
+        data = dict(data)
+        schema = data.pop("schema", None)
+        if schema != SCHEMA:
+            raise RecordError(f"schema {schema!r} is not {SCHEMA!r}")
+        run = _build(cls, data, "run")
+        run.source = source
+        return run
+
+    def dense_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.is_dense]
+
+
+# ------------------------------------------------------------------ dict -> dataclass (strict)
+_NESTED = {
+    "ppl_ci": Interval, "acc_ci": Interval, "delta_nll_ci": Interval, "delta_acc_ci": Interval,
+    "nll_by_position": Buckets, "nll_by_relative_position": Buckets, "nll_curve": Buckets,
+    "by_position": Buckets, "by_relative_position": Buckets,
+    "kernel_error": KernelErrorStats, "causality": CausalityStats,
+}
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise RecordError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise RecordError(f"{where}: unknown keys {', '.join(unknown)}")
+    missing = [n for n, f in names.items() if n not in data and f.default is MISSING
+               and f.default_factory is MISSING]
+    if missing:
+        raise RecordError(f"{where}: missing keys {', '.join(missing)}")
+    kwargs = {}
+    for key, value in data.items():
+        if key == "rows":
+            if not isinstance(value, list):
+                raise RecordError(f"{where}.rows: expected a list")
+            value = [_build(Row, r, f"{where}.rows[{i}]") for i, r in enumerate(value)]
+        elif key in _NESTED and value is not None:
+            value = _build(_NESTED[key], value, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------ the old flat layout
+RUN_KEYS = ("model_id", "max_tokens", "num_samples", "dtype", "device", "chunk_size", "trained_context",
+            "versions", "machine")
+
+
+def _finite_or_none(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def _legacy_interval(pair) -> Interval | None:
+    if not pair or any(_finite_or_none(v) is None for v in pair):
+        return None
+    return Interval(float(pair[0]), float(pair[1]))
+
+
+def _legacy_buckets(d) -> Buckets | None:
+    """Old buckets: lower edges, the last one open; old curves: bucket centres, no counts."""
+    if not d or not d.get("nll"):
+        return None
+    nll = [_finite_or_none(v) for v in d["nll"]]
+    if "positions" in d:  # nll_curve: equal-width buckets given by their centres
+        centres = [float(c) for c in d["positions"]]
+        half = (centres[1] - centres[0]) / 2 if len(centres) > 1 else centres[0]
+        return Buckets([c - half for c in centres] + [centres[-1] + half], nll, None)
+    edges, count = [float(e) for e in d["edges"]], d.get("count")
+    if count is not None and count[-1] == 0:  # drop the empty open-ended last bucket
+        return Buckets(edges, nll[:-1], list(count[:-1]))
+    return Buckets(edges + [math.inf], nll, None if count is None else list(count))
+
+
+_ROW_REQUIRED = ("method", "start_size", "recent_size", "ppl", "acc", "nll_mean")
+
+
+def row_from_legacy(d: dict) -> Row:
+    """One old flat row (absent fields -> None). Attention scores were observable only in the project's
+    kernel, so a row that recorded them ran through it; otherwise its kernel is unknown."""
+    missing = [k for k in _ROW_REQUIRED if k not in d]
+    if missing:
+        raise RecordError(f"not a benchmark row: missing {', '.join(missing)}")
+    kwargs = {}
+    for f in fields(Row):
+        if f.name not in d:
+            continue
+        value, cls = d[f.name], _NESTED.get(f.name)
+        if cls is Interval:
+            value = _legacy_interval(value)
+        elif cls is Buckets:
+            value = _legacy_buckets(value)
+        elif cls is not None and value is not None:
+            value = _build(cls, value, f.name)
+        kwargs[f.name] = value
+    if "attn_implementation" not in kwargs:
+        measured = _finite_or_none(d.get("max_abs_attn_score")) is not None
+        kwargs["attn_implementation"] = REFERENCE_KERNEL if measured else None
+    return Row(**kwargs)
+
+
+def run_from_legacy_rows(rows: list[dict], **extra) -> Run:
+    """Old flat rows of one run (run fields repeated in every row) -> a Run. The old deltas are
+    against the run's one dense row."""
+    if not rows:
+        raise RecordError("no rows")
+    first = rows[0]
+    missing = [k for k in ("model_id", "max_tokens", "num_samples", "dtype", "device") if k not in first]
+    if missing:
+        raise RecordError(f"not a benchmark row: missing {', '.join(missing)}")
+    run_fields = {k: first.get(k) for k in RUN_KEYS}
+    run_fields["chunk_size"] = run_fields["chunk_size"] or 512  # the only value the old code used
+    run_fields["versions"] = run_fields["versions"] or {}
+    run = Run(**run_fields, rows=[row_from_legacy(r) for r in rows], **extra)
+    dense = run.dense_rows()
+    for row in run.rows:
+        if row.delta_nll_vs_dense is not None and row.delta_reference is None and len(dense) == 1:
+            row.delta_reference = dense[0].attn_implementation
+    return run
+
+
+def run_from_legacy_entry(entry: dict, source: str | None = None) -> Run:
+    """One line of an old experiment JSONL: {"experiment", "cell_key", "cell", "rows", "finished_at"}."""
+    cell = entry.get("cell")
+    run = run_from_legacy_rows(entry["rows"], experiment=entry.get("experiment"), cell_key=entry.get("cell_key"),
+                               cell=cell, finished_at=entry.get("finished_at"), source=source)
+    if isinstance(cell, dict):
+        run.num_warmup = cell.get("num_warmup")
+    return run
+
+
+def from_json_value(value, source: str | None = None) -> list[Run]:
+    """Runs in one parsed JSON value: a new-layout run, an old experiment entry, or an old benchmark list."""
+    if isinstance(value, dict) and "schema" in value:
+        return [Run.from_dict(value, source)]
+    if isinstance(value, dict) and "cell_key" in value and isinstance(value.get("rows"), list):
+        return [run_from_legacy_entry(value, source)]
+    if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+        return [run_from_legacy_rows(value, source=source)]
+    raise RecordError("not a benchmark run or experiment entry")
+
+
+# ------------------------------------------------------------------ reading files
+def _read_file(path: Path) -> tuple[list[Run], str | None]:
+    """(runs, problem) of one file; problem is one line or None."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [], "file not found"
+    except (OSError, UnicodeDecodeError) as e:
+        return [], f"cannot read: {e}"
+    if not text.strip():
+        return [], "empty file"
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = MISSING
+    if whole is not MISSING:  # one JSON document: a benchmark --output file, or a one-line JSONL
+        try:
+            return from_json_value(whole, str(path)), None
+        except (RecordError, KeyError, TypeError) as e:
+            return [], f"JSON, but not a benchmark or experiment result ({e})"
+    runs, bad, first_bad, torn = [], 0, None, False
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+            runs += from_json_value(value, str(path))
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # no newline after it: a write cut short
+                torn = True
+                continue
+            bad, first_bad = bad + 1, first_bad or f"line {number}: {e.msg}"
+        except (RecordError, KeyError, TypeError) as e:
+            bad, first_bad = bad + 1, first_bad or f"line {number}: {e}"
+    if not runs and (bad or torn):
+        return [], f"neither JSON nor JSON lines of results ({bad + torn} unreadable lines, {first_bad or 'torn'})"
+    problems = []
+    if bad:
+        problems.append(f"{bad} unreadable line(s) skipped (first: {first_bad})")
+    if torn:
+        problems.append("an incomplete last line (interrupted write) skipped")
+    return runs, "; ".join(problems) or None
+
+
+def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike],
+              warn: Callable[[str], None] | None = None) -> list[Run]:
+    """Every run in the given files (experiment JSONL and benchmark --output JSON, old or new layout,
+    mixed). A file that cannot be read (fully) gets one ``warn`` line naming it and why. An experiment
+    cell present twice (same experiment and cell key) counts once: the last one."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    warn = warn or logger.warning
+    runs, seen = [], {}
+    for p in paths:
+        found, problem = _read_file(Path(p))
+        if problem:
+            warn(f"{p}: {problem}")
+        for run in found:
+            if run.cell_key is not None:
+                key = (run.experiment, run.cell_key)
+                if key in seen:
+                    runs[seen[key]] = None
+                seen[key] = len(runs)
+            runs.append(run)
+    return [r for r in runs if r is not None]
