@@ -3,20 +3,19 @@
 Reads every ``results_*.json`` that lm-eval (``--output_path``) wrote under DIR,
 and writes into OUTDIR (default ``leaderboard``):
 
-* ``comparison.md`` and ``comparison.csv``: one row per model x method x
-  start/recent size (x dtype), one column per ``task/metric``;
+* ``comparison.md`` and ``comparison.csv``: one row per setting, one column per ``task/metric``;
 * ``results/<model_name>/results_<timestamp>.json``: one Open LLM
   Leaderboard-style file per run, ``{"config": {"model_name", "model_dtype",
   "model_sha", ...}, "results": {task: {metric: value}}}``.
 
-The method and cache sizes are part of ``model_name``
-(``smollm2-135m__streaming_llm-s4-r252``, ``...__dense``, ``...__window-s4-r252``,
-``...__hf-windowed`` for lm-eval's own ``hf`` model, which scores long documents in
-windows of the trained context), so runs of one model with different methods do
-not overwrite each other. The streaming arguments come from ``config.model_args``
-(a ``k=v,k=v`` string or a dict), then from the ``streaming_*`` fields the
-``streaming_hf`` model adds to ``config``; when absent: method streaming_llm,
-start 4, recent 252.
+A setting is everything that can change a number (:mod:`.run_identity`): the model's full
+path or hub id, revision and sha, the method and cache sizes, chunk size, attention kernel,
+dtype, device, ``--limit``, prompt and other model args. Runs of one setting are merged into
+one row (a later run of a task replaces the earlier one); runs of different settings never
+are. ``model_name`` is a display name (``smollm2-135m__streaming_llm-s4-r252``,
+``...__dense``, ``...__hf-windowed`` for lm-eval's own ``hf`` model, which scores long
+documents in windows of the trained context), lengthened only where two settings would
+otherwise share it (``a/tiny-neox__dense`` and ``b/tiny-neox__dense``, ``...-float16``).
 """
 
 from __future__ import annotations
@@ -30,84 +29,17 @@ import re
 import sys
 from pathlib import Path
 
+from .errors import UserError
+from .run_identity import display_names, parse_model_args, run_identity  # noqa: F401  (parse_model_args: API)
+
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {"method": "streaming_llm", "start_size": 4, "recent_size": 252}
-HF_MODELS = ("hf", "hf-auto", "huggingface")
-STREAMING_MODEL = "streaming_hf"
-ID_COLUMNS = ("model", "method", "start_size", "recent_size", "dtype", "model_name")
-
-
-def parse_model_args(model_args) -> dict:
-    """``"pretrained=x,method=dense"`` or a dict -> dict (string values kept)."""
-    if model_args is None:
-        return {}
-    if isinstance(model_args, dict):
-        return dict(model_args)
-    out = {}
-    for part in str(model_args).split(","):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
-
-
-def _as_int(value, default: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return default
-
-
-def _short_model(pretrained) -> str:
-    """Model id for names: hub ids kept, local paths by their last component, default-model aliases unified."""
-    try:
-        from lm_eval_streaming.default_model import ALIASES, DEFAULT_MODEL_NAME
-    except Exception:  # pragma: no cover - keeps the reader usable without the package's heavy deps
-        ALIASES, DEFAULT_MODEL_NAME = frozenset({"smollm2-135m", "smollm2", "default"}), "smollm2-135m"
-    if pretrained is None or str(pretrained).strip() == "":
-        return DEFAULT_MODEL_NAME
-    text = str(pretrained).strip().rstrip("/")
-    if text.lower() in ALIASES:
-        return DEFAULT_MODEL_NAME
-    local = text.startswith(("/", "./", "../", "~")) or Path(text).is_dir() or text.count("/") > 1
-    name = Path(text).name if local else text
-    if re.fullmatch(rf"{re.escape(DEFAULT_MODEL_NAME)}-conv\d+(-[0-9a-f]+)?", name):
-        return DEFAULT_MODEL_NAME
-    return name
-
-
-def _dtype(config: dict, args: dict) -> str:
-    raw = config.get("model_dtype") or args.get("dtype") or ""
-    raw = str(raw)
-    return raw[len("torch."):] if raw.startswith("torch.") else raw
-
-
-def run_identity(data: dict) -> dict:
-    """model / method / start_size / recent_size / dtype / model_name / sha of one lm-eval results JSON."""
-    config = data.get("config") or {}
-    args = parse_model_args(config.get("model_args"))
-    lm_model = str(config.get("model") or "")
-    model = _short_model(args.get("pretrained"))
-    if lm_model in HF_MODELS:
-        method, start, recent, suffix = "hf (windowed)", None, None, "hf-windowed"
-    elif lm_model == STREAMING_MODEL or not lm_model:
-        method = str(args.get("method") or config.get("streaming_method") or DEFAULTS["method"])
-        if method == "dense":
-            start = recent = None
-            suffix = "dense"
-        else:
-            start = _as_int(args.get("start_size", config.get("streaming_start_size")), DEFAULTS["start_size"])
-            recent = _as_int(args.get("recent_size", config.get("streaming_recent_size")), DEFAULTS["recent_size"])
-            suffix = f"{method}-s{start}-r{recent}"
-    else:
-        method, start, recent, suffix = lm_model, None, None, re.sub(r"[^A-Za-z0-9._-]+", "-", lm_model)
-    return {"model": model, "method": method, "start_size": start, "recent_size": recent,
-            "dtype": _dtype(config, args), "model_name": f"{model}__{suffix}",
-            "model_sha": str(config.get("model_sha") or ""), "lm_eval_model": lm_model,
-            "model_args": config.get("model_args")}
+# Identity columns of a row, then the metric columns.
+ID_COLUMNS = ("model", "method", "start_size", "recent_size", "dtype", "model_name", "model_id", "revision",
+              "model_sha", "attn_implementation", "chunk_size", "device", "limit", "prompt", "extra_args")
+# Shown in comparison.md only when they differ between rows.
+VARYING_COLUMNS = ("model_id", "revision", "model_sha", "attn_implementation", "chunk_size", "device", "limit",
+                   "prompt", "extra_args")
 
 
 def run_metrics(data: dict) -> dict[str, dict[str, float]]:
@@ -143,7 +75,8 @@ def find_result_files(root, exclude=None) -> list[Path]:
 
 
 def load_runs(roots, exclude=None) -> list[dict]:
-    """Every lm-eval run under ``roots``: identity, metrics, source and timestamp; oldest first."""
+    """Every lm-eval run under ``roots``: identity, metrics, source and timestamp; oldest first.
+    ``model`` / ``model_name`` are display names, unique per identity among these runs."""
     if isinstance(roots, (str, Path)):
         roots = [roots]
     runs = []
@@ -162,8 +95,15 @@ def load_runs(roots, exclude=None) -> list[dict]:
             metrics = run_metrics(data)
             if not metrics:
                 continue
-            runs.append({**run_identity(data), "metrics": metrics, "source": str(path),
+            try:
+                ident = run_identity(data)
+            except ValueError as e:
+                raise UserError(f"{path}: {e}") from None
+            runs.append({**ident, "metrics": metrics, "source": str(path),
                          "timestamp": _timestamp(path), "date": data.get("date")})
+    names = display_names(runs)
+    for run in runs:
+        run["model"], run["model_name"] = names[run["key"]]
     runs.sort(key=lambda r: (_num(r.get("date")), r["timestamp"], r["source"]))
     return runs
 
@@ -176,11 +116,11 @@ def _num(x) -> float:
 
 
 def comparison(runs: list[dict]) -> tuple[list[str], list[dict]]:
-    """(metric columns, rows): runs of one model_name and dtype merged, the newest value winning."""
+    """(metric columns, rows): runs of one setting (same identity key) merged; where two runs of one
+    setting have the same task/metric, the newest wins (a re-run)."""
     merged: dict[tuple, dict] = {}
     for run in runs:
-        key = (run["model_name"], run["dtype"])
-        row = merged.setdefault(key, {k: run[k] for k in ID_COLUMNS})
+        row = merged.setdefault(run["key"], {k: run[k] for k in ID_COLUMNS})
         for task, metrics in run["metrics"].items():
             for metric, value in metrics.items():
                 row[f"{task}/{metric}"] = value
@@ -193,7 +133,7 @@ def comparison(runs: list[dict]) -> tuple[list[str], list[dict]]:
             ordered.append(f"{c}_stderr")
     ordered += [c for c in columns if c not in ordered]
     rows = sorted(merged.values(), key=lambda r: (r["model"], r["method"] != "dense", r["method"],
-                                                  r["start_size"] or 0, r["recent_size"] or 0, r["dtype"]))
+                                                  r["start_size"] or 0, r["recent_size"] or 0, r["model_name"]))
     return ordered, rows
 
 
@@ -219,10 +159,12 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 def render_markdown(columns: list[str], rows: list[dict]) -> str:
     shown = [c for c in columns if not c.endswith("_stderr") or c[: -len("_stderr")] not in columns]
-    head = ["model", "method", "start", "recent", "dtype"] + shown
+    extra = [c for c in VARYING_COLUMNS if len({str(r.get(c)) for r in rows}) > 1]
+    head = ["model", "method", "start", "recent", "dtype"] + extra + shown
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["model"], row["method"], _fmt(row["start_size"]), _fmt(row["recent_size"]), row["dtype"] or ""]
+        cells += [_fmt(row.get(c)) for c in extra]
         for c in shown:
             v = row.get(c)
             se = row.get(f"{c}_stderr")
@@ -272,10 +214,15 @@ def write_leaderboard_files(outdir: Path, runs: list[dict]) -> list[Path]:
                 "model_name": run["model_name"],
                 "model_dtype": f"torch.{dtype}" if dtype and not dtype.startswith("torch.") else dtype,
                 "model_sha": run["model_sha"],
-                "base_model": run["model"],
+                "base_model": run["model_id"],
+                "model_revision": run["revision"],
                 "method": run["method"],
                 "start_size": run["start_size"],
                 "recent_size": run["recent_size"],
+                "chunk_size": run["chunk_size"],
+                "attn_implementation": run["attn_implementation"],
+                "device": run["device"],
+                "limit": run["limit"],
                 "lm_eval_model": run["lm_eval_model"],
                 "lm_eval_model_args": run["model_args"],
                 "source": run["source"],
@@ -323,12 +270,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     missing = [d for d in args.dirs if not Path(d).exists()]
     if missing:
-        print(f"error: not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
+        raise UserError(f"not found: {', '.join(missing)}")
     out = build(args.dirs, args.output)
     if not out["runs"]:
-        print(f"error: no lm-eval results_*.json with results under {', '.join(args.dirs)}", file=sys.stderr)
-        return 1
+        raise UserError(f"no lm-eval results_*.json with results under {', '.join(args.dirs)}")
     print(f"{len(out['runs'])} runs, {len(out['rows'])} rows -> {out['markdown']}, {out['csv']}, "
           f"{len(out['files'])} leaderboard files in {Path(args.output) / 'results'}")
     for metric in args.pivot:
@@ -337,7 +282,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    return run(_configure(argparse.ArgumentParser(prog="lm-eval-streaming leaderboard")).parse_args(argv))
+    from .cli import main as cli_main
+
+    return cli_main(["leaderboard", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from lm_eval_streaming import leaderboard as lb
 
 TASK = "streaming_ppl_2000"
@@ -120,7 +122,7 @@ def test_model_args_parsing_and_defaults():
 
 def test_empty_dir_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert lb.main([str(tmp_path / "empty"), "--output", str(tmp_path / "b")]) == 1
+    assert lb.main([str(tmp_path / "empty"), "--output", str(tmp_path / "b")]) == 2
     assert "no lm-eval results" in capsys.readouterr().err
 
 
@@ -134,3 +136,121 @@ def test_pivot_puts_tasks_in_natural_order_with_stderr():
     assert lines[0] == "| task | m__dense | m__streaming_llm-s4-r252 |"
     assert lines[2].startswith("| streaming_ppl_2000 | 20.0") and "± 1.5" in lines[2]
     assert lines[3].startswith("| streaming_ppl_10000 | 30.0") and lines[3].endswith("|  |")
+
+
+# ------------------------------------------------ identity: never merge different settings
+
+REAL_RESULTS = Path(__file__).parent / "data" / "lm_eval_0.4.13_results_streaming_hf.json"
+
+
+def real_results(pretrained, ppl: float, *, model="streaming_hf", method="dense", args=None, config=None,
+                 date=1.7e9) -> dict:
+    """A results file as lm-eval 0.4.13 wrote it for ``--model streaming_hf`` (tests/data: a real run,
+    ``pretty_env_info`` trimmed), with this model, token perplexity and settings."""
+    import copy
+
+    data = copy.deepcopy(json.loads(REAL_RESULTS.read_text()))
+    model_args = {"pretrained": pretrained, "method": method, **(args or {})}
+    data["config"].update(model=model, model_args=model_args, streaming_method=method, **(config or {}))
+    if model != "streaming_hf":
+        for key in [k for k in data["config"] if k.startswith("streaming_")]:
+            del data["config"][key]
+    data["results"]["streaming_ppl_500"]["token_perplexity,none"] = ppl
+    data["date"] = date
+    data["model_name"] = pretrained
+    data["model_name_sanitized"] = pretrained.replace("/", "__")
+    return data
+
+
+def write_output_path(root: Path, data: dict, stamp="2026-01-01T10-00-00.000001") -> Path:
+    """What ``lm_eval --output_path root`` leaves: root/<model_name_sanitized>/results_<stamp>.json."""
+    folder = root / data["model_name_sanitized"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"results_{stamp}.json").write_text(json.dumps(data))
+    return root
+
+
+def leaderboard_cli(*argv, cwd=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "lm_eval_streaming.cli", "leaderboard", *map(str, argv)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_models_whose_directories_share_a_name_stay_apart(tmp_path):
+    """Issue 12 item 4: runs/a/tiny-neox and runs/b/tiny-neox are two models, two rows, through the real command."""
+    out_a = write_output_path(tmp_path / "out_a", real_results("runs/a/tiny-neox", 111.0))
+    out_b = write_output_path(tmp_path / "out_b", real_results("runs/b/tiny-neox", 222.0, date=1.8e9))
+    board = tmp_path / "board"
+    proc = leaderboard_cli(out_a, out_b, "--output", board, "--pivot", "token_perplexity", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = csv_rows(board / "comparison.csv")
+    got = {r["model_id"]: (r["model_name"], float(r["streaming_ppl_500/token_perplexity"])) for r in rows}
+    assert got == {"runs/a/tiny-neox": ("a/tiny-neox__dense", 111.0), "runs/b/tiny-neox": ("b/tiny-neox__dense", 222.0)}
+    assert "| a/tiny-neox__dense | b/tiny-neox__dense |" in proc.stdout  # the pivot's header
+    files = sorted((board / "results").rglob("results_*.json"))
+    by_folder = {p.parent.relative_to(board / "results").as_posix():
+                 json.loads(p.read_text())["results"]["streaming_ppl_500"]["token_perplexity"] for p in files}
+    assert by_folder == {"a/tiny-neox__dense": 111.0, "b/tiny-neox__dense": 222.0}
+
+
+# field -> (changes to the first run, changes to the second run); everything else equal
+DIFFERENT_SETTINGS = {
+    "dtype": ({}, {"config": {"model_dtype": "torch.float16"}, "args": {"dtype": "float16"}}),
+    "revision": ({}, {"config": {"model_revision": "v2"}, "args": {"revision": "v2"}}),
+    "model_sha": ({"config": {"model_sha": "1111"}}, {"config": {"model_sha": "2222"}}),
+    "attn_implementation": ({"config": {"streaming_attn_implementation": "sdpa"}},
+                            {"config": {"streaming_attn_implementation": "eager"}, "args": {"attn_implementation": "eager"}}),
+    "chunk_size": ({}, {"config": {"streaming_chunk_size": 64}, "args": {"chunk_size": 64}}),
+    "limit": ({"config": {"limit": 1.0}}, {"config": {"limit": 10.0}}),
+    "device": ({"config": {"device": "cpu"}}, {"config": {"device": "mps"}}),
+    "recent_size": ({"method": "streaming_llm", "config": {"streaming_recent_size": 252}},
+                    {"method": "streaming_llm", "config": {"streaming_recent_size": 124}, "args": {"recent_size": 124}}),
+    "hf max_length": ({"model": "hf", "args": {"max_length": 2048}}, {"model": "hf", "args": {"max_length": 4096}}),
+    "default model vs another GGUF's conversion": (
+        {"pretrained": "/c/lm_eval_streaming/smollm2-135m-conv1"},
+        {"pretrained": "/c/lm_eval_streaming/smollm2-135m-conv1-src0123456789ab"}),
+}
+
+
+@pytest.mark.parametrize("field", sorted(DIFFERENT_SETTINGS))
+def test_runs_differing_in_anything_that_changes_numbers_are_two_rows(tmp_path, field):
+    first, second = DIFFERENT_SETTINGS[field]
+    for i, (change, ppl) in enumerate(((first, 10.0), (second, 20.0))):
+        change = dict(change)
+        pretrained = change.pop("pretrained", "EleutherAI/pythia-70m")
+        write_output_path(tmp_path / f"out{i}", real_results(pretrained, ppl, date=1.7e9 + i, **change))
+    out = lb.build([tmp_path / "out0", tmp_path / "out1"], tmp_path / "board")
+    values = sorted(r["streaming_ppl_500/token_perplexity"] for r in out["rows"])
+    assert values == [10.0, 20.0], (field, [r["model_name"] for r in out["rows"]])
+    names = [r["model_name"] for r in out["rows"]]
+    assert len(set(names)) == 2, names
+    assert len({p.parent for p in out["files"]}) == 2
+
+
+def test_one_setting_written_differently_is_one_row_and_a_rerun_replaces(tmp_path):
+    """Defaults spelled out or left out, aliases of the default model, batch size: the same setting."""
+    runs = [("smollm2-135m", {}, 30.0), ("default", {"args": {"recent_size": "252", "start_size": 4}}, 31.0),
+            ("/home/u/.cache/lm_eval_streaming/smollm2-135m-conv1", {"args": {"batch_size": 4}}, 32.0)]
+    for i, (pretrained, change, ppl) in enumerate(runs):
+        write_output_path(tmp_path / f"out{i}", real_results(pretrained, ppl, method="streaming_llm", date=1.7e9 + i,
+                                                             **change))
+    out = lb.build([tmp_path / f"out{i}" for i in range(3)], tmp_path / "board")
+    assert [r["model_name"] for r in out["rows"]] == ["smollm2-135m__streaming_llm-s4-r252"]
+    assert out["rows"][0]["streaming_ppl_500/token_perplexity"] == 32.0  # the newest run
+
+
+def test_a_malformed_results_file_is_named(tmp_path):
+    data = real_results("EleutherAI/pythia-70m", 10.0, method="streaming_llm", args={"recent_size": "abc"})
+    del data["config"]["streaming_recent_size"]
+    src = write_output_path(tmp_path / "out", data)
+    proc = leaderboard_cli(src, "--output", tmp_path / "board")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("lm-eval-streaming leaderboard: error: ") and "Traceback" not in proc.stderr
+    assert "results_2026-01-01T10-00-00.000001.json" in proc.stderr and "recent_size='abc'" in proc.stderr
