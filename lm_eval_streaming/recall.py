@@ -25,7 +25,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .leaderboard import find_result_files, run_identity, run_metrics
+from .errors import UserError
+from .leaderboard import find_result_files, run_metrics
+from .options import StreamingArgError
+from .run_identity import KEY_FIELDS, display_names, run_identity
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +97,15 @@ def _n_docs(data: dict, task: str) -> int | None:
 def load_recall_results(paths) -> list[RecallPoint]:
     """Recall points from lm-eval results (folders searched for ``results_*.json``, or files).
 
-    When several runs measured the same model, label and distance, the newest one
-    (lm-eval's ``date``, then file name) wins. Runs without recall tasks are ignored.
+    Runs of one setting (everything that can change a number, :mod:`.run_identity`, except
+    ``--limit``) are merged: different distances side by side; for the same distance the newest run
+    (lm-eval's ``date``, then file name) wins. Settings that differ in more than method and cache
+    sizes get labels that say how (``dense-float16``). Runs without recall tasks are ignored.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     found: dict[tuple, tuple] = {}
+    idents: dict[tuple, dict] = {}
     for root in paths:
         if not Path(root).exists():
             raise FileNotFoundError(f"{root}: no such file or folder")
@@ -111,27 +117,32 @@ def load_recall_results(paths) -> list[RecallPoint]:
                 continue
             if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
                 continue
-            ident = run_identity(data)
-            label = ident["model_name"].split("__", 1)[1]
+            metrics = {t: m for t, m in run_metrics(data).items() if TASK_PATTERN.match(t) and "recall_gain" in m}
+            if not metrics:
+                continue
+            ident = {**run_identity(data), "limit": None}  # --limit only changes how many documents
+            ident["key"] = tuple(ident[k] for k in KEY_FIELDS)
+            idents[ident["key"]] = ident
             order = (_num(data.get("date")) or -math.inf, path.name)
-            for task, m in run_metrics(data).items():
-                match = TASK_PATTERN.match(task)
-                if not match or "recall_gain" not in m:
-                    continue
-                distance = int(match.group(1))
-                point = RecallPoint(
-                    model=ident["model"], label=label, method=ident["method"],
-                    start_size=ident["start_size"], recent_size=ident["recent_size"], distance=distance,
-                    recall_gain=m["recall_gain"], recall_gain_stderr=m.get("recall_gain_stderr"),
-                    recall_nll=m["recall_nll"], recall_nll_stderr=m.get("recall_nll_stderr"),
-                    recall_acc=m.get("recall_acc"), recall_acc_stderr=m.get("recall_acc_stderr"),
-                    recall_exact=m.get("recall_exact"), recall_exact_stderr=m.get("recall_exact_stderr"),
-                    first_nll=m.get("first_nll"), n_docs=_n_docs(data, task), source=str(path),
-                )
-                key = (point.model, label, distance)
+            for task, m in metrics.items():
+                key = (ident["key"], int(TASK_PATTERN.match(task).group(1)))
                 if key not in found or order >= found[key][0]:
-                    found[key] = (order, point)
-    return sorted((p for _, p in found.values()), key=lambda p: (p.model, p.label, p.distance))
+                    found[key] = (order, m, _n_docs(data, task), str(path))
+    names = display_names(list(idents.values()))
+    points = []
+    for (key, distance), (_, m, n_docs, source) in found.items():
+        ident = idents[key]
+        model, model_name = names[key]
+        points.append(RecallPoint(
+            model=model, label=model_name.split("__", 1)[1], method=ident["method"],
+            start_size=ident["start_size"], recent_size=ident["recent_size"], distance=distance,
+            recall_gain=m["recall_gain"], recall_gain_stderr=m.get("recall_gain_stderr"),
+            recall_nll=m["recall_nll"], recall_nll_stderr=m.get("recall_nll_stderr"),
+            recall_acc=m.get("recall_acc"), recall_acc_stderr=m.get("recall_acc_stderr"),
+            recall_exact=m.get("recall_exact"), recall_exact_stderr=m.get("recall_exact_stderr"),
+            first_nll=m.get("first_nll"), n_docs=n_docs, source=source,
+        ))
+    return sorted(points, key=lambda p: (p.model, p.label, p.distance))
 
 
 def _t975(dof: int) -> float:
@@ -338,12 +349,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     if args.trained_context < 0:
-        raise ValueError(f"--trained_context={args.trained_context} is not allowed: expected an integer >= 0")
+        raise StreamingArgError(f"--trained_context={args.trained_context} is not allowed: expected an integer >= 0")
     points = load_recall_results(args.dirs)
     if not points:
-        print(f"error: no streaming_recall results under {', '.join(args.dirs)}", file=sys.stderr)
-        return 1
+        raise UserError(f"no streaming_recall_<D> results under {', '.join(args.dirs)}")
     out = write_report(points, args.output, args.trained_context or None)
     print(table(points))
     print(f"\n{practical_meaning(points)}\n\n-> {out['markdown']}, {out['figure']}")
     return 0
+
+
+def main(argv=None) -> int:
+    from .cli import main as cli_main
+
+    return cli_main(["recall-report", *(sys.argv[1:] if argv is None else argv)])

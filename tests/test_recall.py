@@ -266,6 +266,11 @@ def test_load_recall_results_labels_and_newest_run_wins(tmp_path):
     assert key[("dense", 128)].recall_acc is None
     with pytest.raises(FileNotFoundError):
         load_recall_results([tmp_path / "missing"])
+    # another setting of the same method is never merged into it: its label says how it differs
+    write_results(tmp_path / "f", "method=dense,dtype=float16", gain_metrics({128: (1.0, 0.2)}), 2, 3.0)
+    labels = {(p.label, p.distance): p.recall_gain for p in load_recall_results([tmp_path])}
+    assert labels[("dense-dtype?", 128)] == 5.0  # run_identity's qualifier for a dtype not recorded
+    assert labels[("dense-float16", 128)] == 1.0
 
 
 def test_stop_distance_follows_the_t_interval_rule(tmp_path):
@@ -319,6 +324,11 @@ def test_recall_report_command_writes_table_and_figure(tmp_path, capsys):
     assert len(json.loads((out / "recall_points.json").read_text())) == 2
     assert main(["recall-report", str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["recall-report", str(tmp_path / "empty")]) == 2
+    assert "no streaming_recall_<D> results" in capsys.readouterr().err
+    assert main(["recall-report", str(tmp_path / "runs"), "--trained_context", "-1"]) == 2
+    assert "--trained_context=-1 is not allowed" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- a tiny induction model
