@@ -12,10 +12,12 @@ import argparse
 import importlib
 import sys
 
-from .errors import user_error_types
+from .errors import is_user_error
 
 # subcommand modules, each with add_parser(subparsers) and run(args)
 COMMANDS = ("benchmark", "speed", "experiment", "analysis", "leaderboard", "recall", "default_model")
+# subcommand names that are not their module's name
+MODULE_OF = {"analyze": "analysis", "recall-report": "recall", "prepare-model": "default_model"}
 
 FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 # Transitional, until experiment.ConfigError, textcut's errors and recall's argument check subclass
@@ -23,13 +25,26 @@ FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirect
 _LEGACY = (ValueError,)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _requested_module(argv: list[str]) -> str | None:
+    """The module of the subcommand named in ``argv``, if it is one of ours."""
+    name = next((a for a in argv if not a.startswith("-")), None)
+    if name is None:
+        return None
+    module = MODULE_OF.get(name, name.replace("-", "_"))
+    return module if module in COMMANDS else None
+
+
+def build_parser(modules=COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lm-eval-streaming", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
+    for name in modules:
         module = importlib.import_module(f"lm_eval_streaming.{name}")
         module.add_parser(sub).set_defaults(handler=module.run)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def _message(exc: BaseException) -> str:
@@ -42,13 +57,21 @@ def run_handler(prog: str, handler, args) -> int:
     """``handler(args)``, with user errors turned into one line on stderr and exit code 2."""
     try:
         return handler(args) or 0
-    except user_error_types() + FILE_ERRORS + _LEGACY as exc:
+    except Exception as exc:
+        if not (is_user_error(exc) or isinstance(exc, FILE_ERRORS + _LEGACY)):
+            raise
         print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
         return 2
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Import only the named subcommand's module (some import torch); all of them for --help or a typo.
+    module = _requested_module(argv)
+    parser = build_parser((module,) if module else COMMANDS)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, so the message names the subcommand like every other
+        _subparsers(parser).choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     return run_handler(f"lm-eval-streaming {args.command}", args.handler, args)
 
 

@@ -24,8 +24,9 @@ def _legacy_user_errors() -> tuple[type, ...]:
     return (StreamingArgError, UnsupportedArchitecture, InsufficientMemory)
 
 
-def user_error_types() -> tuple[type, ...]:
-    return (UserError,) + _legacy_user_errors()
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user's mistake (imports the legacy types only when an error happened)."""
+    return isinstance(exc, UserError) or isinstance(exc, _legacy_user_errors())
 
 
 def install_excepthook() -> None:
@@ -33,10 +34,9 @@ def install_excepthook() -> None:
     previous = sys.excepthook
     if getattr(previous, "_lm_eval_streaming", False):
         return
-    types = user_error_types()
 
     def hook(exc_type, exc, tb):
-        if issubclass(exc_type, types):
+        if is_user_error(exc):
             print(f"lm_eval_streaming: error: {exc}", file=sys.stderr)
             return
         previous(exc_type, exc, tb)
