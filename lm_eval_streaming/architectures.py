@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .attention import LINEAR_ROPE_TYPES
+from .errors import UserError
 
 # Rotary-embedding decoders whose attention goes through transformers' AttentionInterface
 # and applies RoPE with the rotate-half convention (GPT-NeoX: on the first rotary_pct of dims).
@@ -21,7 +22,7 @@ _REFUSED = {
 }
 
 
-class UnsupportedArchitecture(ValueError):
+class UnsupportedArchitecture(UserError, ValueError):
     pass
 
 

@@ -7,6 +7,7 @@ three request types are routed through the streaming scoring loop.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 import torch
@@ -208,13 +209,23 @@ class StreamingHFLM(HFLM):
                     results[j] = scored
         return results
 
+    @staticmethod
+    def _continuation_result(nll, correct) -> RollingResult:
+        """The continuation's log-likelihood (a float, as lm-eval expects) carrying its token counts,
+        so tasks can report per-token accuracy (``recall_acc``) where `hf` gives only the sum."""
+        nll = nll.double()
+        finite = torch.isfinite(nll)
+        return RollingResult(-float(nll.sum()), n_tokens=len(nll), n_correct=int(correct.sum()),
+                             nll_sum=float(nll[finite].sum()), n_nonfinite=int((~finite).sum()))
+
     def _rolling_result(self, scored: ScoredTokens) -> RollingResult:
         nll, correct = scored.nll.double(), scored.correct  # exact sums on the CPU
         finite = torch.isfinite(nll)
         buckets: dict[str, list] = {name: [0.0, 0] for name in CONTEXT_BUCKETS}
         for pos, value, ok in zip(scored.positions.tolist(), nll.tolist(), finite.tolist()):
-            if ok:
-                entry = buckets[context_bucket(pos, self.trained_context)]
+            bucket = context_bucket(pos, self.trained_context)
+            if ok and bucket is not None:
+                entry = buckets[bucket]
                 entry[0] += value
                 entry[1] += 1
         return RollingResult(
@@ -252,7 +263,8 @@ class StreamingHFLM(HFLM):
         for i, (key, _, cont) in enumerate(requests):
             n = len(cont)
             s = scored.get(i)
-            answer = (0.0, True) if s is None else (-float(s.nll[-n:].double().sum()), bool(s.correct[-n:].all()))
+            answer = (0.0, True) if s is None else (self._continuation_result(s.nll[-n:], s.correct[-n:]),
+                                                     bool(s.correct[-n:].all()))
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, answer)
             results.append(answer)
@@ -287,6 +299,10 @@ class StreamingHFLM(HFLM):
             streaming_recent_size=self.policy.recent_size,
             streaming_chunk_size=self.chunk_size,
             streaming_attn_implementation=self.kernel,
+            # What actually ran (lm-eval records the requested device and the pretrained string as given).
+            streaming_pretrained=os.path.abspath(self.pretrained_id) if os.path.isdir(self.pretrained_id)
+            else self.pretrained_id,
+            streaming_device=str(input_device(self.model)),
             streaming_diagnostics=self.diagnostics.as_dict(),
         )
         return info

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_METHOD = "streaming_llm"
@@ -20,7 +22,7 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEVICES_ALLOWED = "cpu, cuda, cuda:N (N >= 0) or mps"
 
 
-class StreamingArgError(ValueError):
+class StreamingArgError(UserError, ValueError):
     """An argument the user gave is not allowed."""
 
 

@@ -8,19 +8,17 @@ models' plain floats still get the standard metrics.
 
 from __future__ import annotations
 
-# Buckets of the NLL by absolute position, relative to the model's trained
-# context L (``max_position_embeddings``): below 0.9 L, around it, beyond 1.1 L.
-CONTEXT_BUCKETS = ("below_ctx", "around_ctx", "beyond_ctx")
+from .metrics_math import REGIONS, context_region
+
+# Buckets of the NLL by absolute position relative to the model's trained context L
+# (``max_position_embeddings``), as metrics_math defines the regions: below 0.9 L, around it, beyond 1.1 L.
+CONTEXT_BUCKETS = tuple(f"{region}_ctx" for region in REGIONS)
 
 
-def context_bucket(position: int, trained_context: int | None) -> str:
-    if not trained_context:
-        return "below_ctx"
-    if position < 0.9 * trained_context:
-        return "below_ctx"
-    if position < 1.1 * trained_context:
-        return "around_ctx"
-    return "beyond_ctx"
+def context_bucket(position: int, trained_context: int | None) -> str | None:
+    """The bucket of a position; None when the trained context is unknown (the bucket metrics are then NaN)."""
+    region = context_region(position, trained_context)
+    return None if region is None else f"{region}_ctx"
 
 
 class RollingResult(float):

@@ -14,6 +14,7 @@ import torch
 from .architectures import num_layers, rotary_inv_freq
 from .attention import REFERENCE_KERNEL, ChunkContext, ScoreStats, attention_kernel, numerics
 from .cache import StreamingCache, cache_nbytes
+from .errors import UserError
 from .options import DEFAULT_CHUNK_SIZE, StreamingArgError, as_int
 from .policy import CachePolicy, baseline_policy
 
@@ -204,7 +205,7 @@ def open_session(model, policy: CachePolicy, diagnostics: Diagnostics | None = N
     return cls(model, policy, diagnostics)
 
 
-class InsufficientMemory(RuntimeError):
+class InsufficientMemory(UserError, RuntimeError):
     """The estimated memory of a run exceeds what the device has free."""
 
 

@@ -42,6 +42,8 @@ import math
 import re
 from collections.abc import Sequence
 
+from lm_eval_streaming.metrics_math import ratio_of_sums
+from lm_eval_streaming.metrics_math import ratio_stderr as _ratio_stderr
 from lm_eval_streaming.scores import CONTEXT_BUCKETS, RollingResult
 
 NA = "N/A"  # what lm-eval reports for a stderr it cannot compute
@@ -110,36 +112,10 @@ def token_items(result: RollingResult) -> dict:
 # --------------------------------------------------------------------------- aggregations
 
 
-def _sums(items) -> tuple[float, float]:
-    total = weight = 0.0
-    for value, w in items:
-        total += value
-        weight += w
-    return total, weight
-
-
-def ratio_of_sums(items) -> float:
-    """sum(values) / sum(weights) over ``(value, weight)`` items; NaN when no weight."""
-    total, weight = _sums(items)
-    return total / weight if weight > 0 else math.nan
-
-
 def ratio_stderr(items) -> float | str:
-    """Standard error of ``ratio_of_sums`` with documents as clusters.
-
-    Linearization of the ratio r = Y / W: Var(r) ~ n / (n - 1) * sum((y_i - r w_i)^2) / W^2.
-    "N/A" for fewer than two documents (as lm-eval), NaN when no weight.
-    """
-    items = list(items)
-    if len(items) < 2:
-        return NA
-    total, weight = _sums(items)
-    if weight <= 0:
-        return math.nan
-    r = total / weight
-    resid = sum((value - r * w) ** 2 for value, w in items)
-    n = len(items)
-    return math.sqrt(n / (n - 1) * resid) / weight
+    """metrics_math's cluster standard error, "N/A" (as lm-eval writes it) for fewer than two documents."""
+    se = _ratio_stderr(items)
+    return NA if se is None else se
 
 
 def agg_token_perplexity(items) -> float:

@@ -41,6 +41,15 @@ def test_empty_and_merged_continuations_score_as_hf(lms):
     want, got = hf.loglikelihood(scored), ours.loglikelihood(empty + scored)[2:]
     for (w_ll, w_greedy), (g_ll, g_greedy) in zip(want, got):
         assert g_ll == pytest.approx(w_ll, abs=1e-4) and g_greedy == w_greedy
+    # Each answer carries its continuation's token counts; check them against a plain forward.
+    import torch
+
+    for req, (g_ll, _) in zip(scored, got):
+        ctx, cont = hf._encode_pair(*req.args)
+        ids = torch.tensor([ctx + cont])
+        logits = hf.model(input_ids=ids).logits[0, len(ctx) - 1:-1]
+        assert g_ll.n_tokens == len(cont)
+        assert g_ll.n_correct == int((logits.argmax(-1) == torch.tensor(cont)).sum())
 
 
 def test_parallelize_with_offloaded_layers_runs_as_hf(tiny_model_dirs, tmp_path):
