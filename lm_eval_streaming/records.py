@@ -22,13 +22,15 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 SCHEMA = "lm_eval_streaming.run/2"
 REFERENCE_KERNEL = "lm_eval_streaming"  # = attention.REFERENCE_KERNEL (no torch import here)
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A dict is not a valid record of this layout."""
 
 
@@ -303,7 +305,35 @@ def from_json_value(value, source: str | None = None) -> list[Run]:
     raise RecordError("not a benchmark run or experiment entry")
 
 
-# ------------------------------------------------------------------ reading files
+# ------------------------------------------------------------------ files
+class OutputNotWritable(RecordError):
+    """A results file cannot be written (checked before any work)."""
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before any work, naming the path, when results cannot be written there (parents are created)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+            probe.touch()
+            probe.unlink()
+    except OSError as e:
+        raise OutputNotWritable(f"output={str(path)!r} is not writable: {e.strerror or e}") from None
+
+
+def write_run(path: str | os.PathLike, run: Run) -> None:
+    """One run as a JSON file (``benchmark --output``), replaced atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(run.to_dict(), indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
 def _read_file(path: Path) -> tuple[list[Run], str | None]:
     """(runs, problem) of one file; problem is one line or None."""
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import types
@@ -12,26 +13,22 @@ import pytest
 import yaml
 
 from lm_eval_streaming import experiment as ex
+from lm_eval_streaming.experiment import store
+from lm_eval_streaming.records import Interval, Row, Run, load_runs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
-def fake_record(method, recent, **cell):
+def fake_row(method, recent, **cell) -> Row:
     dense = method == "dense"
     nll = 3.0 + (0 if dense else 0.01 * recent / 252) + cell["max_tokens"] / 1e5
-    return {
-        "model_id": cell["model_id"], "method": method, "start_size": cell.get("start_size", 4),
-        "recent_size": None if dense else recent, "max_tokens": cell["max_tokens"],
-        "num_samples": cell.get("num_samples", 1), "dtype": cell.get("dtype", "float32"),
-        "device": cell.get("device", "cpu"), "chunk_size": 512, "trained_context": 8192,
-        "ppl": 2.718281828 ** nll, "ppl_ci": [1.0, 2.0], "acc": 0.4, "acc_ci": [0.3, 0.5], "nll_mean": nll,
-        "delta_nll_vs_dense": None if dense else nll - 3.0 - cell["max_tokens"] / 1e5,
-        "delta_nll_ci": None if dense else [-0.1, 0.1], "delta_acc_vs_dense": None if dense else 0.0,
-        "delta_acc_ci": None if dense else [-0.01, 0.01], "nan_logits": 0, "inf_logits": 0,
-        "max_abs_logit": 30.0, "max_abs_attn_score": 20.0, "nonfinite_attn_scores": 0, "nonfinite_tokens": 0,
-        "exceeded_trained_context": cell["max_tokens"] > 8192, "max_position": cell["max_tokens"] - 1,
-    }
+    return Row(method=method, start_size=0 if dense else cell["start_size"], recent_size=None if dense else recent,
+               attn_implementation="sdpa" if dense else "lm_eval_streaming", ppl=math.exp(nll), acc=0.4,
+               nll_mean=nll, ppl_ci=Interval(1.0, 2.0), per_sample_nll=[nll] * cell["num_samples"],
+               delta_reference=None if dense else "sdpa",
+               delta_nll_vs_dense=None if dense else nll - 3.0 - cell["max_tokens"] / 1e5,
+               max_abs_logit=30.0, max_position=cell["max_tokens"] - 1)
 
 
 class FakeBenchmark:
@@ -45,11 +42,11 @@ class FakeBenchmark:
         self.calls.append(kw)
         if self.fail_on is not None and len(self.calls) == self.fail_on:
             raise self.fail_with()
-        rows = [fake_record("dense", None, **kw)]
-        for m in kw["methods"]:
-            for r in kw.get("recent_sizes", [252]):
-                rows.append(fake_record(m, r, **kw))
-        return rows
+        rows = [fake_row("dense", None, **kw)] + [fake_row(m, r, **kw) for m in kw["methods"]
+                                                   for r in kw["recent_sizes"]]
+        return Run(model_id=kw["model_id"], max_tokens=kw["max_tokens"], num_samples=kw["num_samples"],
+                   dtype=kw["dtype"], device=kw["device"], chunk_size=kw["chunk_size"], rows=rows,
+                   trained_context=8192)
 
 
 def write_config(tmp_path, data, name="exp.yaml") -> Path:
@@ -61,6 +58,7 @@ def write_config(tmp_path, data, name="exp.yaml") -> Path:
 BASE = {"name": "t", "description": "test", "model_id": "smollm2-135m", "methods": ["streaming_llm", "window"],
         "start_size": 4, "num_samples": 2, "dtype": "float32", "device": "cpu",
         "grid": {"max_tokens": [100, 200], "recent_sizes": [8, 16, 32]}}
+QUIET = dict(progress=False, log=lambda *a: None)
 
 
 # ------------------------------------------------------------------ validation
@@ -74,12 +72,17 @@ BASE = {"name": "t", "description": "test", "model_id": "smollm2-135m", "methods
     ({"num_samples": 0}, "num_samples", "integer >= 1"),
     ({"start_size": True}, "start_size", "integer >= 0"),
     ({"model_id": None}, "model_id", "model id"),
+    ({"model_id": "/does/not/exist"}, "model_id", "no such checkpoint directory"),
     ({"grid": {"max_tokens": [100], "colour": [1]}}, "grid.colour", "max_tokens"),
     ({"grid": {"max_tokens": []}}, "grid.max_tokens", "non-empty list"),
-    ({"grid": {"max_tokens": [100, "x"]}}, "grid.max_tokens", "integer >= 1"),
+    ({"grid": {"max_tokens": [100, "x"]}}, "grid.max_tokens", "integer >= 2"),
+    ({"grid": {"max_tokens": [1]}}, "grid.max_tokens", "max_tokens=1"),
     ({"grid": {"device": ["cpu", "tpu"]}, "max_tokens": 100}, "grid.device", "mps"),
     ({"grid": {"max_tokens": [100], "start_size": [4]}}, "grid.start_size", "one place"),
     ({"grid": {"max_tokens": [100], "recent_sizes": [0]}}, "grid.recent_sizes", "integer >= 1"),
+    ({"grid": {"max_tokens": [100], "chunk_size": [0]}}, "grid.chunk_size", "integer >= 1"),
+    ({"grid": {"max_tokens": [100], "dense_attn": [["sdpa", "nosuch"]]}}, "grid.dense_attn", "nosuch"),
+    ({"kernel_error": "yes"}, "kernel_error", "true or false"),
 ])
 def test_validation_names_field_and_file(tmp_path, change, field, allowed):
     data = {k: v for k, v in BASE.items() if k != "grid"}
@@ -144,36 +147,58 @@ def test_cells_and_keys_are_stable():
     keys = [ex.cell_key(c) for c in cells]
     assert len(set(keys)) == 6
     assert keys == [ex.cell_key(c) for c in ex.expand_cells(ex.validate_config(BASE, "mem.yaml"))]
-    # key order in the cell does not matter
-    assert ex.cell_key(dict(reversed(list(cells[0].items())))) == keys[0]
+    assert ex.cell_key(dict(reversed(list(cells[0].items())))) == keys[0]  # key order does not matter
+
+
+def test_keys_cover_defaults_and_sample_version(monkeypatch):
+    """A cell is keyed with every default filled in: writing a default out gives the same key, changing one
+    (or how samples are built) gives another, so an old cell never passes as done."""
+    implicit = ex.expand_cells(ex.validate_config(BASE, "a.yaml"))[0]
+    explicit_cfg = {**BASE, "chunk_size": 512, "num_warmup": 2, "dense_attn": ["default", "lm_eval_streaming"],
+                    "kernel_error": True, "causality_probe": True}
+    explicit = ex.expand_cells(ex.validate_config(explicit_cfg, "b.yaml"))[0]
+    assert ex.cell_key(implicit) == ex.cell_key(explicit)
+    for change in ({"chunk_size": 256}, {"kernel_error": False}, {"dense_attn": ["sdpa"]}, {"num_warmup": 0}):
+        other = ex.expand_cells(ex.validate_config({**BASE, **change}, "c.yaml"))[0]
+        assert ex.cell_key(other) != ex.cell_key(implicit), change
+    from lm_eval_streaming import samples
+
+    before = ex.cell_key(implicit)
+    monkeypatch.setattr(samples, "SAMPLES_VERSION", "other/2")
+    assert ex.cell_key(implicit) != before
+
+
+def test_dense_attn_is_gridable():
+    config = ex.validate_config({**BASE, "grid": {"max_tokens": [100], "dense_attn": [
+        "sdpa", ["eager", "lm_eval_streaming"]]}}, "g.yaml")
+    assert [c["dense_attn"] for c in ex.expand_cells(config)] == [["sdpa"], ["eager", "lm_eval_streaming"]]
 
 
 # ------------------------------------------------------------------ runner
-def _rows_without_time(path):
-    return sorted((json.dumps({k: v for k, v in r.items() if k not in ("finished_at", "source")}, sort_keys=True)
-                   for r in ex.load_results(path)))
+def _scores(path):
+    return sorted((r.cell_key, row.method, row.recent_size, row.ppl, row.nll_mean)
+                  for r in load_runs([path]) for row in r.rows)
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path, exc):
     config = ex.validate_config(BASE, "mem.yaml")
     ref_path = tmp_path / "ref.jsonl"
-    ex.run_experiment(config, ref_path, run_benchmark=FakeBenchmark(), progress=False, log=lambda *a: None)
+    ex.run_experiment(config, ref_path, run_benchmark=FakeBenchmark(), **QUIET)
 
     out = tmp_path / "killed.jsonl"
-    killer = FakeBenchmark(fail_on=3, fail_with=exc)
     with pytest.raises(exc):
-        ex.run_experiment(config, out, run_benchmark=killer, progress=False, log=lambda *a: None)
+        ex.run_experiment(config, out, run_benchmark=FakeBenchmark(fail_on=3, fail_with=exc), **QUIET)
     assert len(ex.read_entries(out)) == 2  # the two finished cells survived; the third is lost
+    assert not store._claims_path(out).exists()  # the interrupted cell's claim was released
 
     resumed = FakeBenchmark()
-    summary = ex.run_experiment(config, out, run_benchmark=resumed, progress=False, log=lambda *a: None)
+    summary = ex.run_experiment(config, out, run_benchmark=resumed, **QUIET)
     assert len(resumed.calls) == 4 and len(summary["skipped_finished"]) == 2
-    assert _rows_without_time(out) == _rows_without_time(ref_path)
-    assert len(ex.load_results(out)) == 6 * 3  # dense + 2 methods per cell
+    assert _scores(out) == _scores(ref_path) and len(_scores(out)) == 6 * 3
 
     again = FakeBenchmark()
-    ex.run_experiment(config, out, run_benchmark=again, progress=False, log=lambda *a: None)
+    ex.run_experiment(config, out, run_benchmark=again, **QUIET)
     assert again.calls == []
 
 
@@ -181,33 +206,33 @@ def test_torn_last_line_is_ignored_and_repaired(tmp_path):
     config = ex.validate_config(BASE, "mem.yaml")
     out = tmp_path / "torn.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        ex.run_experiment(config, out, run_benchmark=FakeBenchmark(fail_on=3), progress=False, log=lambda *a: None)
+        ex.run_experiment(config, out, run_benchmark=FakeBenchmark(fail_on=3), **QUIET)
     full = out.read_bytes()
     with open(out, "ab") as f:  # a kill in the middle of writing the third line
         f.write(full.splitlines(keepends=True)[0][:57])
-    assert len(ex.read_entries(out)) == 2
-    assert len(ex.load_results(out)) == 2 * 3
+    assert len(ex.read_entries(out)) == 2 and len(load_runs([out])) == 2
     bench = FakeBenchmark()
-    ex.run_experiment(config, out, run_benchmark=bench, progress=False, log=lambda *a: None)
+    ex.run_experiment(config, out, run_benchmark=bench, **QUIET)
     assert len(bench.calls) == 4
     lines = out.read_bytes().split(b"\n")
-    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
-    assert len(lines) - 1 == 6
+    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1]) and len(lines) - 1 == 6
 
 
-def test_load_results_merges_cell_fields(tmp_path):
+def test_stored_runs_carry_cell_and_key(tmp_path):
     config = ex.validate_config(BASE, "mem.yaml")
     out = tmp_path / "r.jsonl"
-    ex.run_experiment(config, out, run_benchmark=FakeBenchmark(), progress=False, log=lambda *a: None)
-    rows = ex.load_results([out])
-    r = next(r for r in rows if r["method"] == "window")
-    assert r["experiment"] == "t" and len(r["cell_key"]) == 16 and r["methods"] == ["streaming_llm", "window"]
-    assert r["recent_sizes"] == [r["recent_size"]] and r["num_samples"] == 2 and r["finished_at"]
+    ex.run_experiment(config, out, run_benchmark=FakeBenchmark(), **QUIET)
+    runs = load_runs([out])
+    assert {r.cell_key for r in runs} == {ex.cell_key(c) for c in ex.expand_cells(config)}
+    run = runs[0]
+    assert run.experiment == "t" and run.cell["methods"] == ["streaming_llm", "window"] and run.finished_at
+    flat = ex.load_results([out])  # the transitional flat view
+    assert len(flat) == 6 * 3 and flat[1]["recent_sizes"] == [flat[1]["recent_size"]]
 
 
 def test_cli_end_to_end_with_injected_benchmark(tmp_path, monkeypatch, capsys):
     fake = FakeBenchmark()
-    monkeypatch.setitem(sys.modules, "lm_eval_streaming.benchmark", types.SimpleNamespace(run_benchmark=fake))
+    monkeypatch.setattr("lm_eval_streaming.experiment.runner._get_run_benchmark", lambda: fake)
     cfg = write_config(tmp_path, BASE)
     out = tmp_path / "cli.jsonl"
     assert ex.main([str(cfg), "--output", str(out), "--dry-run"]) == 0
@@ -223,8 +248,7 @@ def test_unavailable_device_cells_are_skipped(tmp_path):
     del data["device"]
     config = ex.validate_config(data, "mem.yaml")
     bench = FakeBenchmark()
-    summary = ex.run_experiment(config, tmp_path / "d.jsonl", run_benchmark=bench, progress=False,
-                                log=lambda *a: None)
+    summary = ex.run_experiment(config, tmp_path / "d.jsonl", run_benchmark=bench, **QUIET)
     assert [c["device"] for c in bench.calls] == ["cpu"] and len(summary["skipped_unavailable"]) == 1
 
 
@@ -233,61 +257,190 @@ def test_real_path_loads_each_model_once(tmp_path, monkeypatch):
     consecutive cells of the same model/dtype/device."""
     loads, calls = [], []
 
-    def load_model(model_id, dtype="float32", device=None, method="dense"):
-        loads.append((model_id, dtype, device, method))
+    def load_model(model_id, dtype="float32", device=None, method="dense", tokenizer=None, methods=()):
+        loads.append((model_id, dtype, device))
         return object(), object()
 
-    def run_benchmark(model_id=None, methods=(), max_tokens=2000, recent_sizes=(252,), num_samples=5,
-                      num_warmup=2, start_size=4, dtype="float32", device=None, chunk_size=512,
-                      model=None, tokenizer=None):
+    def run_benchmark(model=None, tokenizer=None, progress=True, **cell):
         assert model is not None and tokenizer is not None
-        calls.append(max_tokens)
-        return FakeBenchmark()(model_id=model_id, methods=list(methods), max_tokens=max_tokens,
-                               recent_sizes=list(recent_sizes), num_samples=num_samples, dtype=dtype, device=device)
+        calls.append(cell["max_tokens"])
+        return FakeBenchmark()(**cell)
 
     monkeypatch.setitem(sys.modules, "lm_eval_streaming.benchmark",
                         types.SimpleNamespace(run_benchmark=run_benchmark, load_model=load_model))
     data = {**BASE, "grid": {"max_tokens": [100, 200], "dtype": ["float32", "bfloat16"]}}
     del data["dtype"]
-    config = ex.validate_config(data, "mem.yaml")
-    ex.run_experiment(config, tmp_path / "r.jsonl", progress=False, log=lambda *a: None)
+    ex.run_experiment(ex.validate_config(data, "mem.yaml"), tmp_path / "r.jsonl", **QUIET)
     assert calls == [100, 200, 100, 200]  # grouped by model/dtype: 2 loads for 4 cells
-    assert loads == [("smollm2-135m", "float32", "cpu", "streaming_llm"),
-                     ("smollm2-135m", "bfloat16", "cpu", "streaming_llm")]
+    assert loads == [("smollm2-135m", "float32", "cpu"), ("smollm2-135m", "bfloat16", "cpu")]
 
 
+# ------------------------------------------------------------------ claims
+def _claim(pid, host=None, age=0.0):
+    import socket
+    import time
+
+    now = time.time()
+    return {"experiment": "t", "pid": pid, "host": host or socket.gethostname(), "pid_started": None,
+            "claimed_at": now - age, "heartbeat": now - age}
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("who, taken_over", [
+    ("dead pid on this host", True),
+    ("live pid on this host", False),
+    ("other host, fresh heartbeat", False),
+    ("other host, stale heartbeat", True),
+])
+def test_claims_of_other_runners(tmp_path, who, taken_over):
+    config = ex.validate_config({**BASE, "grid": {"max_tokens": [100, 200]}}, "mem.yaml")
+    cells = ex.expand_cells(config)
+    out = tmp_path / "c.jsonl"
+    claim = {"dead pid on this host": _claim(_dead_pid()), "live pid on this host": _claim(os.getppid()),
+             "other host, fresh heartbeat": _claim(1, "elsewhere"),
+             "other host, stale heartbeat": _claim(1, "elsewhere", age=store.STALE_AFTER_S + 5)}[who]
+    store._claims_path(out).write_text(json.dumps({ex.cell_key(cells[0]): claim}))
+    bench = FakeBenchmark()
+    summary = ex.run_experiment(config, out, run_benchmark=bench, **QUIET)
+    ran = [c["max_tokens"] for c in bench.calls]
+    assert ran == ([100, 200] if taken_over else [200])
+    assert summary["claimed_elsewhere"] == ([] if taken_over else [ex.cell_key(cells[0])])
+
+
+SPLIT_RUNNER = """
+import sys, time, pathlib
+sys.path.insert(0, {tests!r})
+from test_experiment import FakeBenchmark
+import lm_eval_streaming.experiment.runner as runner
+ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+class Slow(FakeBenchmark):
+    def __call__(self, **kw):
+        time.sleep(0.4)
+        return super().__call__(**kw)
+runner._get_run_benchmark = lambda: Slow()
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+sys.exit(runner.main([sys.argv[3], "--output", sys.argv[4], "--no-progress"]))
+"""
+
+
+def test_two_runners_on_one_output_split_the_grid(tmp_path):
+    """Two real `experiment` processes started together on one JSONL compute every cell exactly once."""
+    import subprocess
+    import time
+
+    cfg = write_config(tmp_path, BASE)
+    out, go = tmp_path / "shared.jsonl", tmp_path / "go"
+    script = SPLIT_RUNNER.format(tests=str(REPO / "tests"))
+    procs, ready = [], []
+    for i in range(2):
+        ready.append(tmp_path / f"ready{i}")
+        procs.append(subprocess.Popen([sys.executable, "-c", script, str(ready[i]), str(go), str(cfg), str(out)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    deadline = time.time() + 120
+    while not all(r.exists() for r in ready) and time.time() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    keys = [e["cell_key"] for e in ex.read_entries(out)]
+    assert len(keys) == 6 and len(set(keys)) == 6  # every cell once: no cell computed twice
+    runs_per_process = [int(o.strip().splitlines()[-1].split()[0]) for o, _ in outputs]
+    assert sum(runs_per_process) == 6 and min(runs_per_process) >= 1, outputs
+
+
+# ------------------------------------------------------------------ the real command
+def _cli(*args, timeout=600):
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "lm_eval_streaming.cli", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _tiny_config(tmp_path, model_dir, **over):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "tiny", "model_id": str(model_dir), "methods": ["streaming_llm", "window"], "start_size": 2,
+        "recent_sizes": [16], "num_samples": 2, "num_warmup": 0, "device": "cpu", "dtype": "float32",
+        "causality_probe": False, "grid": {"max_tokens": [150, 300, 450]}, **over}))
+    return cfg
+
+
+def test_unwritable_output_fails_before_any_cell(tiny_model_dirs, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = _cli("experiment", _tiny_config(tmp_path, tiny_model_dirs["llama"]), "--no-progress",
+                "--output", blocker / "out.jsonl")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert str(blocker) in proc.stderr and "cells run" not in proc.stdout
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"model_id": "/does/not/exist"}, "/does/not/exist"),
+    ({"grid": {"max_tokens": [1]}}, "max_tokens=1"),
+])
+def test_dry_run_rejects_what_the_run_would(tmp_path, tiny_model_dirs, over, needle):
+    proc = _cli("experiment", _tiny_config(tmp_path, tiny_model_dirs["llama"], **over), "--dry-run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr[-2000:]
+
+
+KILLABLE = """
+import sys, time
+import lm_eval_streaming.experiment.runner as runner
+real = runner._get_run_benchmark
+def blocking():
+    bench, calls = real(), []
+    def run(**cell):
+        calls.append(cell)
+        if len(calls) == 2:  # the second cell never finishes: the kill lands mid-grid, every time
+            time.sleep(3600)
+        return bench(**cell)
+    return run
+runner._get_run_benchmark = blocking
+sys.exit(runner.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
 def test_real_kill_and_resume_gives_the_uninterrupted_results(tiny_model_dirs, tmp_path):
-    """SIGKILL a real `lm-eval-streaming experiment` (tiny model) after its first cell; the re-run
+    """SIGKILL a real experiment (tiny model) after its first cell; the re-run through the real command
     finishes the grid, and every cell's scores equal an uninterrupted run's."""
     import signal
     import subprocess
     import time
 
-    cfg = tmp_path / "kill.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "name": "kill", "model_id": str(tiny_model_dirs["llama"]), "methods": ["streaming_llm", "window"],
-        "start_size": 2, "recent_sizes": [16], "num_samples": 2, "num_warmup": 0, "device": "cpu",
-        "dtype": "float32", "grid": {"max_tokens": [150, 300, 450]},
-    }))
+    cfg = _tiny_config(tmp_path, tiny_model_dirs["llama"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "lm_eval_streaming.cli", "experiment", str(cfg), "--no-progress", "--output"]
     killed = tmp_path / "killed.jsonl"
-    proc = subprocess.Popen(cmd + [str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(cfg), "--no-progress", "--output", str(killed)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and (not killed.exists() or not killed.read_text().count("\n")):
+    while time.time() < deadline and len(ex.read_entries(killed)) < 1:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    n_before = killed.read_text().count("\n")
-    assert 1 <= n_before < 3, "the kill must land mid-grid"
-    assert subprocess.run(cmd + [str(killed)], env=env, capture_output=True).returncode == 0
+    assert len(ex.read_entries(killed)) == 1
+    assert store._claims_path(killed).exists()  # the killed runner's claim on cell 2 is left behind ...
+    resumed = _cli("experiment", cfg, "--no-progress", "--output", killed)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "2 cells run, 1 already done" in resumed.stdout  # ... and is stale: its pid is dead
     clean = tmp_path / "clean.jsonl"
-    assert subprocess.run(cmd + [str(clean)], env=env, capture_output=True).returncode == 0
+    assert _cli("experiment", cfg, "--no-progress", "--output", clean).returncode == 0
 
     def scores(path):
-        return {(r["cell_key"], r["method"]): (r["ppl"], r["acc"], r["nll_mean"]) for r in ex.load_results([path])}
+        return {(r.cell_key, row.label()): (row.ppl, row.acc, row.nll_mean) for r in load_runs([path])
+                for row in r.rows}
 
-    resumed, uninterrupted = scores(killed), scores(clean)
-    assert len(uninterrupted) == 3 * 3 and resumed.keys() == uninterrupted.keys()
+    resumed_scores, uninterrupted = scores(killed), scores(clean)
+    assert len(uninterrupted) == 3 * 4 and resumed_scores.keys() == uninterrupted.keys()
     for key, value in uninterrupted.items():
-        assert resumed[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+        assert resumed_scores[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
