@@ -33,6 +33,7 @@ from .run_identity import KEY_FIELDS, display_names, run_identity
 logger = logging.getLogger(__name__)
 
 TASK_PATTERN = re.compile(r"^streaming_recall_(\d+)$")
+PASSKEY_PATTERN = re.compile(r"^streaming_passkey_(\d+)$")
 # A method recalls at distance D when the lower end of the 95% interval of
 # recall_gain (nats per Pythia token of the passage) is above this. A real copy
 # gains several nats per token; forgetting gives about 0.
@@ -94,13 +95,13 @@ def _n_docs(data: dict, task: str) -> int | None:
     return int(n) if isinstance(n, (int, float)) else None
 
 
-def load_recall_results(paths) -> list[RecallPoint]:
-    """Recall points from lm-eval results (folders searched for ``results_*.json``, or files).
+def _collect(paths, pattern: re.Pattern, required: str):
+    """[(model, label, ident, distance, metrics, n_docs, source)] of the tasks matching ``pattern``.
 
     Runs of one setting (everything that can change a number, :mod:`.run_identity`, except
     ``--limit``) are merged: different distances side by side; for the same distance the newest run
     (lm-eval's ``date``, then file name) wins. Settings that differ in more than method and cache
-    sizes get labels that say how (``dense-float16``). Runs without recall tasks are ignored.
+    sizes get labels that say how (``dense-float16``). Other runs and tasks are ignored.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -117,7 +118,7 @@ def load_recall_results(paths) -> list[RecallPoint]:
                 continue
             if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
                 continue
-            metrics = {t: m for t, m in run_metrics(data).items() if TASK_PATTERN.match(t) and "recall_gain" in m}
+            metrics = {t: m for t, m in run_metrics(data).items() if pattern.match(t) and required in m}
             if not metrics:
                 continue
             ident = {**run_identity(data), "limit": None}  # --limit only changes how many documents
@@ -125,24 +126,45 @@ def load_recall_results(paths) -> list[RecallPoint]:
             idents[ident["key"]] = ident
             order = (_num(data.get("date")) or -math.inf, path.name)
             for task, m in metrics.items():
-                key = (ident["key"], int(TASK_PATTERN.match(task).group(1)))
+                key = (ident["key"], int(pattern.match(task).group(1)))
                 if key not in found or order >= found[key][0]:
                     found[key] = (order, m, _n_docs(data, task), str(path))
     names = display_names(list(idents.values()))
-    points = []
+    out = []
     for (key, distance), (_, m, n_docs, source) in found.items():
-        ident = idents[key]
         model, model_name = names[key]
-        points.append(RecallPoint(
-            model=model, label=model_name.split("__", 1)[1], method=ident["method"],
-            start_size=ident["start_size"], recent_size=ident["recent_size"], distance=distance,
+        out.append((model, model_name.split("__", 1)[1], idents[key], distance, m, n_docs, source))
+    return sorted(out, key=lambda r: (r[0], r[1], r[3]))
+
+
+def load_recall_results(paths) -> list[RecallPoint]:
+    """Recall points from lm-eval results (folders searched for ``results_*.json``, or files);
+    runs are merged per setting as :func:`_collect` says."""
+    return [
+        RecallPoint(
+            model=model, label=label, method=ident["method"], start_size=ident["start_size"],
+            recent_size=ident["recent_size"], distance=distance,
             recall_gain=m["recall_gain"], recall_gain_stderr=m.get("recall_gain_stderr"),
             recall_nll=m["recall_nll"], recall_nll_stderr=m.get("recall_nll_stderr"),
             recall_acc=m.get("recall_acc"), recall_acc_stderr=m.get("recall_acc_stderr"),
             recall_exact=m.get("recall_exact"), recall_exact_stderr=m.get("recall_exact_stderr"),
             first_nll=m.get("first_nll"), n_docs=n_docs, source=source,
-        ))
-    return sorted(points, key=lambda p: (p.model, p.label, p.distance))
+        )
+        for model, label, ident, distance, m, n_docs, source in _collect(paths, TASK_PATTERN, "recall_gain")
+    ]
+
+
+def load_passkey_results(paths) -> list[dict]:
+    """Rows of the ``streaming_passkey_<D>`` results: model, label, distance, exact_match (+ _stderr),
+    by_depth {percent: (value, stderr)}, n_docs, source."""
+    rows = []
+    for model, label, _, distance, m, n_docs, source in _collect(paths, PASSKEY_PATTERN, "exact_match"):
+        by_depth = {int(k.rsplit("_", 1)[1]): (v, m.get(f"{k}_stderr")) for k, v in m.items()
+                    if k.startswith("exact_match_depth_") and not k.endswith("_stderr")}
+        rows.append({"model": model, "label": label, "distance": distance, "exact_match": m["exact_match"],
+                     "exact_match_stderr": m.get("exact_match_stderr"), "by_depth": dict(sorted(by_depth.items())),
+                     "n_docs": n_docs, "source": source})
+    return rows
 
 
 def _t975(dof: int) -> float:
@@ -259,22 +281,39 @@ def _fmt(x, se=None, digits=2) -> str:
 
 
 def table(points) -> str:
-    """Markdown table: one row per distance, one column group per label."""
+    """Markdown: recall_gain per distance and label, then the second copy's NLL / exact / top-1 accuracy."""
     pairs = labels(points)
     distances = sorted({p.distance for p in points})
     by_key = {(p.model, p.label, p.distance): p for p in points}
     multi = len({m for m, _ in pairs}) > 1
     heads = [f"{describe_label(lab)}{' ' + m if multi else ''}" for m, lab in pairs]
-    lines = ["| D | " + " | ".join(f"{h} gain" for h in heads) + " | " + " | ".join(f"{h} acc" for h in heads) + " |",
-             "|---|" + "---|" * (2 * len(pairs))]
+    sep = "|---|" + "---|" * len(pairs)
+    gain = ["| D | " + " | ".join(heads) + " |", sep]
+    detail = ["| D | " + " | ".join(heads) + " |", sep]
     for d in distances:
-        gains, accs = [], []
-        for m, lab in pairs:
-            p = by_key.get((m, lab, d))
-            gains.append(_fmt(p.recall_gain, p.recall_gain_stderr) + f" (n={p.n_docs})" if p else "-")
-            acc = None if p is None else p.recall_acc
-            accs.append("-" if p is None else _fmt(acc, p.recall_acc_stderr, 3))
-        lines.append(f"| {d} | " + " | ".join(gains) + " | " + " | ".join(accs) + " |")
+        cells = [by_key.get((m, lab, d)) for m, lab in pairs]
+        gain.append(f"| {d} | " + " | ".join(
+            "-" if p is None else f"{_fmt(p.recall_gain, p.recall_gain_stderr)} (n={p.n_docs})" for p in cells) + " |")
+        detail.append(f"| {d} | " + " | ".join(
+            "-" if p is None else f"{_fmt(p.recall_nll)} / {_fmt(p.recall_exact)} / {_fmt(p.recall_acc, digits=3)}"
+            for p in cells) + " |")
+    return ("recall_gain (nats per Pythia token, ± standard error over documents):\n\n" + "\n".join(gain)
+            + "\n\nsecond copy: recall_nll / recall_exact / recall_acc (n/a: not reported by that model):\n\n"
+            + "\n".join(detail))
+
+
+def passkey_table(rows) -> str:
+    """Markdown: passkey exact match per distance and label, overall and by depth."""
+    if not rows:
+        return ""
+    lines = ["| setting | D | exact_match | " + " | ".join(f"depth {d}%" for d in sorted(
+        {d for r in rows for d in r["by_depth"]})) + " | n |"]
+    depths = sorted({d for r in rows for d in r["by_depth"]})
+    lines.append("|---|---|---|" + "---|" * len(depths) + "---|")
+    for r in sorted(rows, key=lambda r: (r["model"], r["label"] != "dense", r["label"], r["distance"])):
+        cells = [_fmt(*r["by_depth"][d]) if d in r["by_depth"] else "-" for d in depths]
+        lines.append(f"| {describe_label(r['label'])} | {r['distance']} | "
+                     f"{_fmt(r['exact_match'], r['exact_match_stderr'])} | " + " | ".join(cells) + f" | {r['n_docs']} |")
     return "\n".join(lines)
 
 
@@ -313,8 +352,9 @@ def plot(points, path, trained_context: int | None = DEFAULT_TRAINED_CONTEXT) ->
     return _save(fig, Path(path))
 
 
-def write_report(points, output, trained_context: int | None = DEFAULT_TRAINED_CONTEXT) -> dict:
-    """``<output>/recall_results.md``, ``recall_points.json`` and ``recall_gain_vs_distance.png``."""
+def write_report(points, output, trained_context: int | None = DEFAULT_TRAINED_CONTEXT, passkey=()) -> dict:
+    """``<output>/recall_results.md`` (with the passkey rows, if any), ``recall_points.json`` and
+    ``recall_gain_vs_distance.png``."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     figure = plot(points, out / "recall_gain_vs_distance.png", trained_context)
@@ -322,10 +362,11 @@ def write_report(points, output, trained_context: int | None = DEFAULT_TRAINED_C
              f"{stop_distance(points, lab, m) or 'none (recalls at every measured distance)'}"
              for m, lab in labels(points)]
     md = ("# Recall: what eviction forgets\n\nWritten by `lm-eval-streaming recall-report`. recall_gain = "
-          "NLL(first copy) - NLL(second copy), nats per Pythia token, ± standard error over documents "
-          "(n = documents); acc = next-token top-1 accuracy on the second copy.\n\n"
+          "NLL(first copy) - NLL(second copy); n = documents.\n\n"
           f"{table(points)}\n\n" + "\n".join(stops) + f"\n\nRule: {STOP_RULE}.\n\n"
           f"{practical_meaning(points)}\n\n![recall_gain vs distance]({figure.name})\n")
+    if passkey:
+        md += f"\n## Passkey (exact match, ± standard error)\n\n{passkey_table(passkey)}\n"
     (out / "recall_results.md").write_text(md, encoding="utf-8")
     (out / "recall_points.json").write_text(json.dumps([asdict(p) for p in points], indent=1) + "\n",
                                             encoding="utf-8")
@@ -353,8 +394,11 @@ def run(args) -> int:
     points = load_recall_results(args.dirs)
     if not points:
         raise UserError(f"no streaming_recall_<D> results under {', '.join(args.dirs)}")
-    out = write_report(points, args.output, args.trained_context or None)
+    passkey = load_passkey_results(args.dirs)
+    out = write_report(points, args.output, args.trained_context or None, passkey)
     print(table(points))
+    if passkey:
+        print(f"\npasskey\n\n{passkey_table(passkey)}")
     print(f"\n{practical_meaning(points)}\n\n-> {out['markdown']}, {out['figure']}")
     return 0
 

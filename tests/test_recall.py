@@ -320,8 +320,15 @@ def test_recall_report_command_writes_table_and_figure(tmp_path, capsys):
     assert main(["recall-report", str(tmp_path / "runs"), "--output", str(out)]) == 0
     md = (out / "recall_results.md").read_text(encoding="utf-8")
     assert "| 512 | 0.02 ± 0.10 (n=3) |" in md and "stop distance 512" in md
+    assert "| 512 | 1.00 / n/a / n/a |" in md and "Passkey" not in md
     assert (out / "recall_gain_vs_distance.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((out / "recall_points.json").read_text())) == 2
+    passkey = {"streaming_passkey_512": {"exact_match": (0.4, 0.24), "exact_match_depth_0": (0.0, 0.0),
+                                         "exact_match_depth_100": (1.0, 0.0)}}
+    write_results(tmp_path / "runs" / "p", "method=streaming_llm,recent_size=252", passkey, 5, 1.0)
+    assert main(["recall-report", str(tmp_path / "runs"), "--output", str(out)]) == 0
+    md = (out / "recall_results.md").read_text(encoding="utf-8")
+    assert "| streaming_llm 4+252 | 512 | 0.40 ± 0.24 | 0.00 ± 0.00 | 1.00 ± 0.00 | 5 |" in md
     assert main(["recall-report", str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
