@@ -102,6 +102,14 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
 
 
 # ---------------------------------------------------------------- CLI
+def _number(text: str):
+    """An integer as typed, else the text: options.as_int validates and names the value either way."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("benchmark", help="dense vs streaming methods on the same samples: one table",
                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -110,16 +118,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="HF model id or path; the default is the embedded SmolLM2-135M (offline)")
     p.add_argument("--method", default=",".join(d["methods"]),
                    help="comma list of cache methods besides the dense baseline (streaming_llm, window, ...)")
-    p.add_argument("--max_tokens", default=d["max_tokens"], help="tokens per sample (>= 2)")
+    p.add_argument("--max_tokens", type=_number, default=d["max_tokens"], help="tokens per sample (>= 2)")
     p.add_argument("--recent_sizes", default=",".join(map(str, d["recent_sizes"])),
                    help="comma list of recent window sizes")
-    p.add_argument("--start_size", default=d["start_size"], help="attention sinks")
-    p.add_argument("--num_samples", default=d["num_samples"],
+    p.add_argument("--start_size", type=_number, default=d["start_size"], help="attention sinks")
+    p.add_argument("--num_samples", type=_number, default=d["num_samples"],
                    help="distinct samples (disjoint windows of the task documents), the same for every row")
-    p.add_argument("--num_warmup", default=d["num_warmup"],
+    p.add_argument("--num_warmup", type=_number, default=d["num_warmup"],
                    help="untimed forward passes of one chunk (first sample) before each row is timed, so one-time "
                         "costs (allocation, kernel selection) are not counted; they are not scored")
-    p.add_argument("--chunk_size", default=d["chunk_size"], help="tokens per forward pass (>= 1)")
+    p.add_argument("--chunk_size", type=_number, default=d["chunk_size"], help="tokens per forward pass (>= 1)")
     p.add_argument("--dtype", default=d["dtype"], help=f"one of {', '.join(DTYPE_NAMES)}")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:N, mps (default: the best available; an unavailable one falls back "
