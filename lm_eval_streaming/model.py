@@ -21,6 +21,7 @@ from .architectures import check_supported
 from .attention import REFERENCE_KERNEL
 from .errors import install_excepthook
 from .generation import generate
+from .model_loading import check_model_id
 from .options import DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, as_int, resolve_device
 from .policy import StreamingArgError, policy_for
 from .scores import CONTEXT_BUCKETS, RollingResult, context_bucket
@@ -49,22 +50,13 @@ def _check_unknown_args(kwargs: dict) -> None:
             )
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
 def _check_local_checkpoint(pretrained: str, tokenizer) -> None:
-    """Name the problem with a local path before lm-eval / transformers fail deeper down."""
-    import os
-
-    path = os.path.expanduser(pretrained)
-    looks_local = pretrained.startswith(("/", "./", "../", "~")) or pretrained.count("/") > 1
-    if looks_local and not os.path.isdir(path):
-        raise StreamingArgError(f"pretrained={pretrained!r}: no such directory (expected a local checkpoint "
-                                f"directory or a hub id such as EleutherAI/pythia-70m)")
-    if os.path.isdir(path) and tokenizer is None and not any(os.path.exists(os.path.join(path, f))
-                                                             for f in TOKENIZER_FILES):
-        raise StreamingArgError(f"pretrained={pretrained!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): "
-                                f"pass tokenizer=<path or hub id> in --model_args")
+    """Name the problem with a local path before lm-eval / transformers fail deeper down (the checks that
+    benchmark and experiment run too; with tokenizer= given, the checkpoint needs no tokenizer files)."""
+    if tokenizer is None:
+        check_model_id(pretrained, arg="pretrained")
+    elif not os.path.isdir(os.path.expanduser(pretrained)):
+        check_model_id(pretrained, arg="pretrained")  # a hub id passes; a missing path is refused
 
 
 def _check_architecture(pretrained: str, policy, kwargs: dict) -> None:

@@ -15,7 +15,9 @@ import time
 import torch
 
 from .attention import REFERENCE_KERNEL, attention_kernel
-from .benchmark import _PeakRSS, load_model, load_samples
+from .benchmark_rows import _PeakRSS
+from .model_loading import load_model
+from .samples import load_samples
 from .generation import generate
 from .kernel_checks import causality_probe, kernel_error
 from .options import DEFAULT_CHUNK_SIZE, DTYPE_NAMES, as_int, check_dtype, int_list, resolve_device, torch_dtype

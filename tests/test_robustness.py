@@ -53,7 +53,7 @@ def test_streaming_hf_refuses_gpt2_before_loading_weights(tmp_path):
 def test_missing_path_and_missing_tokenizer(tmp_path):
     from lm_eval_streaming.model import StreamingHFLM
 
-    with pytest.raises(StreamingArgError, match="no such directory"):
+    with pytest.raises(StreamingArgError, match="no such checkpoint directory"):
         StreamingHFLM(pretrained=str(tmp_path / "nope"))
     make_model("llama").save_pretrained(tmp_path / "m")
     with pytest.raises(StreamingArgError, match="has no tokenizer files"):
