@@ -313,6 +313,9 @@ class OutputNotWritable(RecordError):
 def check_writable(path: str | os.PathLike) -> None:
     """Fail before any work, naming the path, when results cannot be written there (parents are created)."""
     path = Path(path)
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise OutputNotWritable(f"output={str(path)!r} is not writable: {blocking} is a file, not a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():

@@ -31,6 +31,14 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     missing_cfg.write_text("model_id: smollm2-135m\ngrid:\n  max_tokens: [500]\n")
     unknown_cfg = tmp / "unknown.yaml"
     unknown_cfg.write_text("name: u\nmodel_id: smollm2-135m\nmethods: [sinks_only]\ngrid:\n  max_tokens: [500]\n")
+    tiny_cfg = tmp / "one_token.yaml"
+    tiny_cfg.write_text("name: one\nmodel_id: smollm2-135m\nmethods: [streaming_llm]\ngrid:\n  max_tokens: [1, 500]\n")
+    nopath_cfg = tmp / "nopath.yaml"
+    nopath_cfg.write_text("name: np\nmodel_id: /does/not/exist\nmethods: [streaming_llm]\nmax_tokens: 500\n")
+    good_cfg = tmp / "good.yaml"
+    good_cfg.write_text("name: g\nmodel_id: smollm2-135m\nmethods: [streaming_llm]\nmax_tokens: 500\nnum_samples: 1\n")
+    blocker = tmp / "a_file"
+    blocker.write_text("")
     lm_eval = [sys.executable, "-m", "lm_eval", "--tasks", "streaming_ppl_500", "--model", "streaming_hf",
                "--model_args"]
     cli = [sys.executable, "-m", "lm_eval_streaming.cli"]
@@ -49,6 +57,22 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("benchmark: recent size 0", cli + ["benchmark", "--recent_sizes", "0"], "recent_sizes"),
         ("benchmark: unknown method", cli + ["benchmark", "--method", "sinks", "--max_tokens", "50"], "sinks"),
         ("benchmark: 1 token", cli + ["benchmark", "--max_tokens", "1"], "max_tokens=1"),
+        ("benchmark: chunk_size -100", cli + ["benchmark", "--chunk_size", "-100"], "chunk_size=-100"),
+        ("benchmark: chunk_size 0", cli + ["benchmark", "--chunk_size", "0"], "chunk_size=0"),
+        ("benchmark: num_samples 0", cli + ["benchmark", "--num_samples", "0"], "num_samples=0"),
+        ("benchmark: num_warmup -1", cli + ["benchmark", "--num_warmup", "-1"], "num_warmup=-1"),
+        ("benchmark: start_size -1", cli + ["benchmark", "--start_size", "-1"], "start_size=-1"),
+        ("benchmark: unknown dense kernel", cli + ["benchmark", "--dense_attn", "sdpa,fast"], "dense_attn='fast'"),
+        ("benchmark: more samples than the data", cli + ["benchmark", "--num_samples", "1000", "--max_tokens",
+                                                         "20000"], "num_samples=1000"),
+        ("benchmark: missing model path", cli + ["benchmark", "--model_id", "/does/not/exist"], "/does/not/exist"),
+        ("benchmark: unknown device", cli + ["benchmark", "--device", "tpu"], "device='tpu'"),
+        ("benchmark: unwritable output", cli + ["benchmark", "--output", str(blocker / "r.json")], "not writable"),
+        ("experiment: max_tokens 1", cli + ["experiment", str(tiny_cfg), "--dry-run"], "max_tokens=1"),
+        ("experiment: missing model path (dry run)", cli + ["experiment", str(nopath_cfg), "--dry-run"],
+         "/does/not/exist"),
+        ("experiment: unwritable output", cli + ["experiment", str(good_cfg), "--output", str(blocker / "r.jsonl")],
+         "not writable"),
         ("experiment: wrong type", cli + ["experiment", str(bad_cfg), "--dry-run"], "max_tokens"),
         ("experiment: missing field", cli + ["experiment", str(missing_cfg), "--dry-run"], "name"),
         ("experiment: unknown method", cli + ["experiment", str(unknown_cfg), "--dry-run"], "sinks_only"),
