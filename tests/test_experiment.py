@@ -121,7 +121,7 @@ def test_shipped_configs_are_valid_and_match_the_seed():
     for name, c in configs.items():
         for cell in ex.expand_cells(c):
             assert cell["methods"][0] == "streaming_llm"
-            if name not in ("offline_cache_size", "offline_dtype"):  # sized down for 2 CPU cores
+            if name in ("length", "cache_size", "model_size", "hardware", "offline_length", "offline_length_long"):
                 assert cell["methods"] == ["streaming_llm", "window"]
     cells = {k: ex.expand_cells(c) for k, c in configs.items()}
     assert [c["max_tokens"] for c in cells["length"]] == [500, 1000, 2000, 5000]
@@ -138,6 +138,10 @@ def test_shipped_configs_are_valid_and_match_the_seed():
     assert {c["dtype"] for c in cells["offline_dtype"]} == {"float32", "bfloat16", "float16"}
     assert all(c["model_id"] == "smollm2-135m" for k in cells if k.startswith("offline") for c in cells[k])
     assert "only one" in configs["offline_model_size"]["description"].lower()
+    numerics = cells["offline_numerics"]
+    assert {c["dtype"] for c in numerics} == {"float32", "bfloat16", "float16"}
+    assert all(c["dense_attn"] == ["default", "eager", "lm_eval_streaming"] and c["kernel_error"] and
+               c["causality_probe"] for c in numerics)
 
 
 def test_cells_and_keys_are_stable():
