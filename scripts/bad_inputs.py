@@ -25,18 +25,17 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     gpt2 = tmp / "gpt2"
     GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(gpt2)
     (gpt2 / "tokenizer.json").write_text("{}")
-    bad_cfg = tmp / "bad.yaml"
-    bad_cfg.write_text("name: bad\nmodel_id: smollm2-135m\nmax_tokens: many\ngrid:\n  recent_sizes: [252]\n")
-    missing_cfg = tmp / "missing.yaml"
-    missing_cfg.write_text("model_id: smollm2-135m\ngrid:\n  max_tokens: [500]\n")
-    unknown_cfg = tmp / "unknown.yaml"
-    unknown_cfg.write_text("name: u\nmodel_id: smollm2-135m\nmethods: [sinks_only]\ngrid:\n  max_tokens: [500]\n")
-    tiny_cfg = tmp / "one_token.yaml"
-    tiny_cfg.write_text("name: one\nmodel_id: smollm2-135m\nmethods: [streaming_llm]\ngrid:\n  max_tokens: [1, 500]\n")
-    nopath_cfg = tmp / "nopath.yaml"
-    nopath_cfg.write_text("name: np\nmodel_id: /does/not/exist\nmethods: [streaming_llm]\nmax_tokens: 500\n")
-    good_cfg = tmp / "good.yaml"
-    good_cfg.write_text("name: g\nmodel_id: smollm2-135m\nmethods: [streaming_llm]\nmax_tokens: 500\nnum_samples: 1\n")
+    configs = {  # experiment configs, one mistake each (good: none)
+        "bad": "name: bad\nmodel_id: smollm2-135m\nmax_tokens: many\ngrid:\n  recent_sizes: [252]\n",
+        "missing": "model_id: smollm2-135m\ngrid:\n  max_tokens: [500]\n",
+        "unknown": "name: u\nmodel_id: smollm2-135m\nmethods: [sinks_only]\ngrid:\n  max_tokens: [500]\n",
+        "one_token": "name: one\nmodel_id: smollm2-135m\nmethods: [streaming_llm]\ngrid:\n  max_tokens: [1, 500]\n",
+        "nopath": "name: np\nmodel_id: /does/not/exist\nmethods: [streaming_llm]\nmax_tokens: 500\n",
+        "good": "name: g\nmodel_id: smollm2-135m\nmethods: [streaming_llm]\nmax_tokens: 500\nnum_samples: 1\n",
+    }
+    for name, text in configs.items():
+        (tmp / f"{name}.yaml").write_text(text)
+    bad_cfg, missing_cfg, unknown_cfg, tiny_cfg, nopath_cfg, good_cfg = (tmp / f"{n}.yaml" for n in configs)
     blocker = tmp / "a_file"
     blocker.write_text("")
     lm_eval = [sys.executable, "-m", "lm_eval", "--tasks", "streaming_ppl_500", "--model", "streaming_hf",
