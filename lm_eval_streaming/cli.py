@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import is_user_error
+from .errors import UserError
 
 # subcommand modules, each with add_parser(subparsers) and run(args)
 COMMANDS = ("benchmark", "speed", "experiment", "analysis", "leaderboard", "recall", "default_model")
@@ -20,9 +20,6 @@ COMMANDS = ("benchmark", "speed", "experiment", "analysis", "leaderboard", "reca
 MODULE_OF = {"analyze": "analysis", "recall-report": "recall", "prepare-model": "default_model"}
 
 FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-# Transitional, until experiment.ConfigError, textcut's errors and recall's argument check subclass
-# UserError (/work/notes/requests-C.md): a ValueError still ends a subcommand with one line.
-_LEGACY = (ValueError,)
 
 
 def _requested_module(argv: list[str]) -> str | None:
@@ -57,9 +54,7 @@ def run_handler(prog: str, handler, args) -> int:
     """``handler(args)``, with user errors turned into one line on stderr and exit code 2."""
     try:
         return handler(args) or 0
-    except Exception as exc:
-        if not (is_user_error(exc) or isinstance(exc, FILE_ERRORS + _LEGACY)):
-            raise
+    except (UserError, *FILE_ERRORS) as exc:
         print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
         return 2
 

@@ -15,20 +15,6 @@ class UserError(Exception):
     """The user's input or environment does not allow the run; the message says what and what is allowed."""
 
 
-def _legacy_user_errors() -> tuple[type, ...]:
-    # Transitional: error types not yet subclassing UserError (see /work/notes/requests-C.md).
-    from .architectures import UnsupportedArchitecture
-    from .options import StreamingArgError
-    from .scoring import InsufficientMemory
-
-    return (StreamingArgError, UnsupportedArchitecture, InsufficientMemory)
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is the user's mistake (imports the legacy types only when an error happened)."""
-    return isinstance(exc, UserError) or isinstance(exc, _legacy_user_errors())
-
-
 def install_excepthook() -> None:
     """Print our user-facing errors without a traceback (Python API callers still get the exception)."""
     previous = sys.excepthook
@@ -36,7 +22,7 @@ def install_excepthook() -> None:
         return
 
     def hook(exc_type, exc, tb):
-        if is_user_error(exc):
+        if issubclass(exc_type, UserError):
             print(f"lm_eval_streaming: error: {exc}", file=sys.stderr)
             return
         previous(exc_type, exc, tb)

@@ -32,19 +32,38 @@ def test_wheel_ships_hook_tasks_and_entry_points(wheel):
         assert f"lm_eval_streaming/tasks/streaming_ppl/streaming_ppl_{n}.yaml" in names
         assert f"lm_eval_streaming/tasks/streaming_ppl/data/streaming_ppl_{n}.jsonl" in names
         assert f"lm_eval_streaming/tasks/streaming_pg19/streaming_pg19_{n}.yaml" in names
+    # every module of every subpackage (methods/, default_model/, ...), not only the top level
+    for source in (REPO / "lm_eval_streaming").rglob("*.py"):
+        if "__pycache__" not in source.parts:
+            assert source.relative_to(REPO).as_posix() in names, source
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry).decode()
     assert "[lm_eval.models]" in text and "streaming_hf = lm_eval_streaming.model:StreamingHFLM" in text
     assert "[lm_eval.tasks]" in text
 
 
+def _site_dirs() -> list[str]:
+    """The site-packages directories the running interpreter imports from (a venv's or the system's)."""
+    import site
+
+    dirs = [p for p in sys.path if os.path.basename(p.rstrip(os.sep)) in ("site-packages", "dist-packages")]
+    dirs += [p for p in site.getsitepackages() if p not in dirs]
+    return [p for p in dirs if os.path.isdir(p)]
+
+
+@pytest.mark.slow
 def test_regular_install_registers_and_uninstall_removes_hook(wheel, tmp_path):
-    """A venv that sees lm-eval from the system site, with our wheel installed non-editable."""
+    """A fresh venv with our wheel installed non-editable, which sees lm-eval and torch wherever the
+    running interpreter has them (also when the suite itself runs in a virtualenv): a .pth file lists
+    the running interpreter's site-packages as plain paths, so their own .pth files (our editable
+    install among them) are not processed and the venv's copy of the package is the one imported."""
     venv = tmp_path / "venv"
-    assert _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)]).returncode == 0
+    assert _run([sys.executable, "-m", "venv", str(venv)]).returncode == 0
     py = venv / "bin" / "python"
-    assert _run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)]).returncode == 0
     site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    (site / "_outer_site_packages.pth").write_text("".join(f"{d}\n" for d in _site_dirs()))
+    proc = _run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)])
+    assert proc.returncode == 0, proc.stderr
     assert (site / "lm_eval_streaming.pth").exists()
     code = ("import lm_eval_streaming, lm_eval.api.registry as r; "
             "print(lm_eval_streaming.__file__); print(r.get_model('streaming_hf').__name__)")
@@ -56,6 +75,7 @@ def test_regular_install_registers_and_uninstall_removes_hook(wheel, tmp_path):
     assert tasks.stdout.strip().endswith("True"), tasks.stderr
     assert _run([str(py), "-m", "pip", "uninstall", "-y", "-q", "lm-eval-streaming"]).returncode == 0
     assert not (site / "lm_eval_streaming.pth").exists()
+    assert not (site / "lm_eval_streaming").exists()
 
 
 def test_startup_imports_nothing_heavy():
@@ -99,6 +119,7 @@ def test_steps_aside_when_lm_eval_discovers_plugins(tmp_path):
     assert not _hook._discovers_plugins(mod)
 
 
+@pytest.mark.slow
 def test_include_path_overrides_a_task_of_the_same_name(tmp_path):
     (tmp_path / "mine.yaml").write_text(
         "task: streaming_ppl_500\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: /x.jsonl\n"
