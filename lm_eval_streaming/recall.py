@@ -249,23 +249,27 @@ def practical_meaning(points) -> str:
 
 
 def _contrast(points) -> str:
-    """A sentence when the data show a cache forgetting what full attention still recalls."""
+    """A sentence when the data show a cache forgetting what full attention still recalls at the same D."""
     out = []
     for model in sorted({p.model for p in points}):
-        full = [lab for m, lab in labels(points) if m == model and lab in ("dense", "hf-windowed")]
-        for base in full:
-            base_stop = stop_distance(points, base, model)
-            base_d = {p.distance for p in _select(points, base, model)}
-            for m, lab in labels(points):
-                if m != model or lab in ("dense", "hf-windowed"):
-                    continue
-                stop = stop_distance(points, lab, model)
-                if stop is not None and stop in base_d and (base_stop is None or base_stop > stop):
-                    out.append(f"at D={stop} {describe_label(lab)} no longer recalls while {base} still does")
+        full = [lab for m, lab in labels(points) if m == model and lab.split("-")[0] in ("dense", "hf")]
+        if not full:
+            continue
+        base = full[0]  # dense if measured, else lm-eval's hf
+        base_stop = stop_distance(points, base, model)
+        base_d = {p.distance for p in _select(points, base, model)}
+        for m, lab in labels(points):
+            if m != model or lab in full:
+                continue
+            stop = stop_distance(points, lab, model)
+            if stop is not None and stop in base_d and (base_stop is None or base_stop > stop):
+                out.append(f"{describe_label(lab)} from D={stop}")
+        if out:
+            out[-1] += f", while {base} still recalls there"
     if not out:
         return ""
-    return (" So the cache that keeps perplexity near dense forgets what lies beyond it (" + "; ".join(out)
-            + "): the memory it saves is context lost, not ability gained.")
+    return (" So a cache that keeps perplexity near dense forgets what lies beyond it (no longer recalling: "
+            + "; ".join(out) + "): the memory it saves is context lost, not ability gained.")
 
 
 # --------------------------------------------------------------------------- report and figure
@@ -336,19 +340,23 @@ def plot(points, path, trained_context: int | None = DEFAULT_TRAINED_CONTEXT) ->
             caches.add(mine[0].cache_size)
     for c in sorted(caches):
         ax.axvline(c, color="tab:gray", linestyle=":", linewidth=1.2)
-        ax.annotate(f"cache {c}", (c, 1), xycoords=("data", "axes fraction"), rotation=90, va="top",
+        ax.annotate(f"cache {c}", (c, 0.02), xycoords=("data", "axes fraction"), rotation=90, va="bottom",
                     ha="right", fontsize=8, color="tab:gray")
     if trained_context:
         ax.axvline(trained_context, color="tab:red", linestyle="-.", linewidth=1.2)
-        ax.annotate(f"trained context {trained_context}", (trained_context, 1), xycoords=("data", "axes fraction"),
-                    rotation=90, va="top", ha="right", fontsize=8, color="tab:red")
-    ax.axhline(RECALL_MIN_GAIN, color="tab:green", linewidth=0.8, alpha=0.6)
+        ax.annotate(f"trained context {trained_context} (model tokens)", (trained_context, 0.02),
+                    xycoords=("data", "axes fraction"),
+                    rotation=90, va="bottom", ha="right", fontsize=8, color="tab:red")
+    ax.axhline(RECALL_MIN_GAIN, color="tab:green", linewidth=0.8, alpha=0.6, label=f"recall threshold {RECALL_MIN_GAIN}")
     ax.set_xscale("log", base=2)
+    ticks = sorted({p.distance for p in points})
+    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=8)
+    ax.minorticks_off()
     ax.set_xlabel("distance D between the two copies (Pythia tokens)")
-    ax.set_ylabel("recall_gain (nats per Pythia token)")
+    ax.set_ylabel("recall_gain, nats per Pythia token (95% t-interval)")
     ax.set_title("What eviction forgets: NLL(first copy) - NLL(second copy)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.25, 0.02))
     return _save(fig, Path(path))
 
 

@@ -308,7 +308,7 @@ def test_practical_meaning_cites_the_measured_stop_distances(tmp_path):
     assert "recall was not measured" not in text
     assert "dense (smollm2-135m) recalled at every measured distance (up to 512 tokens)" in text
     assert "streaming_llm 4+252 (smollm2-135m) recalled up to 128 tokens and stopped recalling at 512" in text
-    assert "at D=512 streaming_llm 4+252 no longer recalls while dense still does" in text
+    assert "no longer recalling: streaming_llm 4+252 from D=512, while dense still recalls there" in text
 
 
 def test_recall_report_command_writes_table_and_figure(tmp_path, capsys):
