@@ -262,6 +262,7 @@ def test_failure_mid_conversion_leaves_nothing_usable(cache, tiny_sha, monkeypat
     assert dm.verify_checkpoint(final) is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 @pytest.mark.parametrize("stage", ["weights_written", "manifest_written"])
 def test_sigkill_mid_conversion(cache, tiny_gguf, tiny_sha, tmp_path, capfd, stage):
@@ -293,6 +294,7 @@ def test_sigkill_mid_conversion(cache, tiny_gguf, tiny_sha, tmp_path, capfd, sta
     assert "removing leftover" in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_processes_convert_once(cache, tiny_gguf, tiny_sha, tmp_path):
     work = tmp_path / "work"
     work.mkdir()

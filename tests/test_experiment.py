@@ -336,6 +336,7 @@ sys.exit(runner.main([sys.argv[3], "--output", sys.argv[4], "--no-progress"]))
 """
 
 
+@pytest.mark.slow
 def test_two_runners_on_one_output_split_the_grid(tmp_path):
     """Two real `experiment` processes started together on one JSONL compute every cell exactly once."""
     import subprocess
@@ -379,6 +380,7 @@ def _tiny_config(tmp_path, model_dir, **over):
     return cfg
 
 
+@pytest.mark.slow
 def test_unwritable_output_fails_before_any_cell(tiny_model_dirs, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -60,10 +60,12 @@ def _yaml_ok(task_dir):
     assert {"tiny_rolling", "tiny_mc", "tiny_gen"} <= set(tm.all_tasks)
 
 
+@pytest.mark.slow
 def test_tasks_fixture_is_valid(task_dir):
     _yaml_ok(task_dir)
 
 
+@pytest.mark.slow
 def test_cli_from_outside_repo(tiny_model_dirs, task_dir, tmp_path):
     """The installed `lm_eval` command resolves streaming_hf (and hf) with no include path for the model."""
     out = tmp_path / "results"
@@ -91,6 +93,7 @@ def _evaluate(model, model_args, tasks, task_dir):
                                    task_manager=TaskManager(include_path=str(task_dir)), log_samples=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
 def test_same_answers_as_hf_when_cache_is_larger_than_prompt(tiny_model_dirs, task_dir, arch):
     path = tiny_model_dirs[arch]
@@ -109,6 +112,7 @@ def test_same_answers_as_hf_when_cache_is_larger_than_prompt(tiny_model_dirs, ta
             assert any(r[0] for r in got_resps), "the tiny model generated nothing: the test proves nothing"
 
 
+@pytest.mark.slow
 def test_rolling_streaming_differs_from_dense_when_cache_is_small(tiny_model_dirs, task_dir):
     path = tiny_model_dirs["llama"]
     dense = _evaluate("streaming_hf", f"pretrained={path},device=cpu,method=dense", ["tiny_rolling"], task_dir)

@@ -39,6 +39,7 @@ def committed_rows(folder: Path, prefix: str, distance: int) -> list[dict]:
 # --------------------------------------------------------------------------- data
 
 
+@pytest.mark.slow
 def test_recall_documents_have_exact_distances_and_identical_copies(tokenizer):
     from lm_eval_streaming.recall_data import HEAD, load_recall_docs
 
@@ -78,6 +79,7 @@ def test_passages_are_not_in_the_filler_and_names_are_invented():
             assert entry not in fillers[doc["filler_id"]]["text"]
 
 
+@pytest.mark.slow
 def test_passkey_haystacks_are_exact_and_spread_over_depths(tokenizer):
     from lm_eval_streaming.recall_data import INTRO, NEEDLE, QUESTION, load_passkey_docs
 

@@ -68,6 +68,7 @@ def test_typo_of_own_arg_is_named(key):
         StreamingHFLM(pretrained="/nope", **{key: 4})
 
 
+@pytest.mark.slow
 def test_cli_user_error_is_one_line_without_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "streaming_hf", "--model_args",
@@ -89,6 +90,7 @@ def test_dense_refuses_when_estimated_memory_exceeds_free(monkeypatch):
     score_sequences(model, [ids[:600]], policy_for("streaming_llm", 4, 60), chunk_size=64)  # fits
 
 
+@pytest.mark.slow
 def test_streaming_memory_is_flat_on_100k_tokens():
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -18,6 +18,7 @@ def _results(out):
     return json.loads(files[0].read_text())["results"]["streaming_ppl_500"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not installed")
 def test_accelerate_two_cpu_processes_match_one(tiny_model_dirs, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

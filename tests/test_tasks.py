@@ -359,6 +359,7 @@ def test_pg19_loader_calls_the_hub(monkeypatch):
 # --------------------------------------------------------------------------- cutting
 
 
+@pytest.mark.slow
 def test_cut_is_exact_or_reports_no_cut(tokenizer):
     from lm_eval_streaming.textcut import NoExactCutError, cut_lengths, cut_to_n_tokens
 
