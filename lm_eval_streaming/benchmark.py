@@ -19,7 +19,8 @@ from .benchmark_args import DEFAULTS, MODEL_DEFAULT_KERNEL, check_benchmark_args
 from .benchmark_rows import _PeakRSS, causality_stats, kernel_error_stats, score_row, set_deltas
 from .model_loading import load_model, load_tokenizer, model_identity
 from .options import DTYPE_NAMES, StreamingArgError
-from .records import Run, check_writable, write_run
+from .records import Run
+from .records_io import check_writable, write_run
 from .samples import load_samples, sample_spec
 
 __all__ = ["_PeakRSS", "load_model", "load_samples", "run_benchmark", "add_parser", "run", "main"]

@@ -9,7 +9,8 @@ import os
 from dataclasses import asdict, fields
 from typing import Iterable
 
-from ..records import Buckets, Interval, Row, Run, load_runs
+from ..records import Buckets, Interval, Row, Run
+from ..records_io import load_runs
 
 
 def _flat_value(value):

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ..records import Run, run_from_legacy_rows
+from ..records import Run
+from ..records_io import run_from_legacy_rows
 from . import store
 from .config import PARAMS, ConfigError, cell_key, cell_label, expand_cells, load_config
 

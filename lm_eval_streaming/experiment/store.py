@@ -18,7 +18,8 @@ import socket
 import time
 from pathlib import Path
 
-from ..records import Run, check_writable  # noqa: F401  (re-exported)
+from ..records import Run
+from ..records_io import check_writable  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
