@@ -124,6 +124,7 @@ def test_bad_arguments_fail_before_the_model_loads(no_weights, args, needle):
     assert needle in proc.stderr and "cannot be loaded" not in proc.stderr, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_id", ["/does/not/exist", "./nope"])
 def test_missing_model_path_is_one_line(model_id, tmp_path):
     proc = bench_cli("--model_id", model_id, "--output", tmp_path / "r.json")
@@ -132,6 +133,7 @@ def test_missing_model_path_is_one_line(model_id, tmp_path):
     assert model_id in lines[0] and "no such checkpoint directory" in lines[0]
 
 
+@pytest.mark.slow
 def test_unwritable_output_fails_before_work(tiny_model_dirs, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
