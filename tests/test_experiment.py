@@ -256,7 +256,6 @@ def test_unavailable_device_cells_are_skipped(tmp_path):
     assert [c["device"] for c in bench.calls] == ["cpu"] and len(summary["skipped_unavailable"]) == 1
 
 
-@pytest.mark.slow
 def test_real_path_loads_each_model_once(tmp_path, monkeypatch):
     """Without an injected benchmark the runner uses benchmark.run_benchmark, loading a model once for
     consecutive cells of the same model/dtype/device."""
