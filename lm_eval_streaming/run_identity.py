@@ -138,22 +138,19 @@ def run_identity(data: dict) -> dict:
     return ident
 
 
-def _qualifier(field: str, value) -> str:
-    if field == "revision":
-        return f"@{value}"
-    if field == "model_sha":
-        return f"@{str(value)[:12] or 'no-sha'}"
-    if field == "dtype":
-        return f"-{value or 'dtype?'}"
-    if field == "attn_implementation":
-        return f"-attn={value or '?'}"
-    if field == "chunk_size":
-        return f"-c{value}"
-    if field == "device":
-        return f"-{value or 'device?'}"
-    if field == "limit":
-        return f"-limit{value}" if value is not None else "-all"
-    return f"-{field}={value}"
+# How a field that tells two settings apart lengthens their display names.
+QUALIFIERS = {
+    "revision": lambda v: f"@{v}",
+    "model_sha": lambda v: f"@{str(v)[:12] or 'no-sha'}",
+    "dtype": lambda v: f"-{v or 'dtype?'}",
+    "attn_implementation": lambda v: f"-attn={v or '?'}",
+    "chunk_size": lambda v: f"-c{v}",
+    "device": lambda v: f"-{v or 'device?'}",
+    "limit": lambda v: "-all" if v is None else f"-limit{v}",
+    "prompt": lambda v: f"-prompt={str(v)[:8]}" if v else "-plain",
+    "extra_args": lambda v: f"-{v}" if v else "-no-args",
+    "lm_eval_model": lambda v: f"-{v}",
+}
 
 
 def _path_tails(ids: list[str]) -> dict[str, str]:
@@ -182,7 +179,7 @@ def display_names(identities: list[dict]) -> dict[tuple, tuple[str, str]]:
                    and len({m[f] for m in members}) > 1]
         for m in members:
             model = tails[m["model_id"]]
-            out[m["key"]] = (model, f"{model}__{m['suffix']}" + "".join(_qualifier(f, m[f]) for f in varying))
+            out[m["key"]] = (model, f"{model}__{m['suffix']}" + "".join(QUALIFIERS[f](m[f]) for f in varying))
     # Names can still meet across groups (a hub id "a/x" and a local ".../a/x"): add a hash of the key.
     seen: dict[str, int] = {}
     for model, name in out.values():
