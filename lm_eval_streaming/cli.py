@@ -1,4 +1,4 @@
-"""lm-eval-streaming: benchmark, speed, experiment, analyze, leaderboard, recall-report, prepare-model.
+"""lm-eval-streaming: benchmark, speed, experiment, analyze, plot, leaderboard, recall-report, prepare-model.
 
 Every subcommand goes through one error path: a user error (:class:`errors.UserError`, or a
 named file that is missing or unreadable) ends the run with one line
@@ -15,9 +15,9 @@ import sys
 from .errors import UserError
 
 # subcommand modules, each with add_parser(subparsers) and run(args)
-COMMANDS = ("benchmark", "speed", "experiment", "analysis", "leaderboard", "recall", "default_model")
+COMMANDS = ("benchmark", "speed", "experiment", "analysis", "plots", "leaderboard", "recall", "default_model")
 # subcommand names that are not their module's name
-MODULE_OF = {"analyze": "analysis", "recall-report": "recall", "prepare-model": "default_model"}
+MODULE_OF = {"analyze": "analysis", "plot": "plots", "recall-report": "recall", "prepare-model": "default_model"}
 
 FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 

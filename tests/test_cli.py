@@ -26,6 +26,7 @@ MISTAKES = [
     pytest.param("speed", ["--tokens", "-5"], "tokens=-5", marks=pytest.mark.slow, id="speed"),  # import torch
     ("experiment", ["{tmp}/missing.yaml"], "missing.yaml"),
     pytest.param("analyze", ["{tmp}/missing.jsonl"], "missing.jsonl", marks=_PENDING, id="analyze"),
+    pytest.param("plot", ["{tmp}/missing.jsonl"], "missing.jsonl", marks=_PENDING, id="plot"),  # exits 0 today
     ("leaderboard", ["{tmp}/missing_dir"], "missing_dir"),
     ("leaderboard", ["{tmp}"], "no lm-eval results"),
     ("recall-report", ["{tmp}", "--trained_context", "-1"], "-1"),
