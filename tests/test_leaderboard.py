@@ -213,6 +213,9 @@ DIFFERENT_SETTINGS = {
     "recent_size": ({"method": "streaming_llm", "config": {"streaming_recent_size": 252}},
                     {"method": "streaming_llm", "config": {"streaming_recent_size": 124}, "args": {"recent_size": 124}}),
     "hf max_length": ({"model": "hf", "args": {"max_length": 2048}}, {"model": "hf", "args": {"max_length": 4096}}),
+    "one relative path run from two directories": (
+        {"pretrained": "runs/tiny", "config": {"streaming_pretrained": "/home/u/x/runs/tiny"}},
+        {"pretrained": "runs/tiny", "config": {"streaming_pretrained": "/home/u/y/runs/tiny"}}),
     "default model vs another GGUF's conversion": (
         {"pretrained": "/c/lm_eval_streaming/smollm2-135m-conv1"},
         {"pretrained": "/c/lm_eval_streaming/smollm2-135m-conv1-src0123456789ab"}),
@@ -254,3 +257,37 @@ def test_a_malformed_results_file_is_named(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("lm-eval-streaming leaderboard: error: ") and "Traceback" not in proc.stderr
     assert "results_2026-01-01T10-00-00.000001.json" in proc.stderr and "recent_size='abc'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_real_lm_eval_runs_of_two_models_sharing_a_directory_name(tmp_path):
+    """Two real ``lm_eval`` runs (two tiny random models saved as runs/a/tiny-neox and runs/b/tiny-neox, relative
+    paths), then the real ``leaderboard`` command: each model's own perplexity, read from its own results file, in
+    its own row."""
+    import subprocess
+    import sys
+
+    from conftest import load_tokenizer, make_model
+
+    tok = load_tokenizer()
+    for seed, name in enumerate("ab"):
+        make_model("gpt_neox", seed=seed).save_pretrained(tmp_path / "runs" / name / "tiny-neox")
+        tok.save_pretrained(tmp_path / "runs" / name / "tiny-neox")
+    expected = {}
+    for name in "ab":
+        proc = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "streaming_hf", "--model_args",
+                               f"pretrained=runs/{name}/tiny-neox,method=dense", "--tasks", "streaming_ppl_500",
+                               "--limit", "1", "--output_path", f"out_{name}"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (result,) = (tmp_path / f"out_{name}").rglob("results_*.json")
+        data = json.loads(result.read_text())
+        expected[str(tmp_path / "runs" / name / "tiny-neox")] = \
+            data["results"]["streaming_ppl_500"]["token_perplexity,none"]
+    assert len(set(expected.values())) == 2  # two different models: a merge could not hide
+
+    proc = leaderboard_cli("out_a", "out_b", "--output", "board", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = csv_rows(tmp_path / "board" / "comparison.csv")
+    assert {r["model_id"]: float(r["streaming_ppl_500/token_perplexity"]) for r in rows} == expected
+    assert sorted(r["model_name"] for r in rows) == ["a/tiny-neox__dense", "b/tiny-neox__dense"]
