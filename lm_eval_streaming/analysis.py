@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from .verdict_numerics import judge_kernels, numerical_scope
+
 TOLERANCE = 0.05  # nats/token: smaller differences are "no change"
 HW_TOLERANCE = 0.10  # nats/token: spread of ΔNLL across devices/dtypes that still counts as "little"
 HUGE_LOGIT = 1e3  # |logit| above this is "huge" (normal LMs stay below ~100)
@@ -120,7 +122,7 @@ def _dedupe(rows: list[dict]) -> list[dict]:
     """Identical cells listed by two experiments count once."""
     seen, out = set(), []
     for r in rows:
-        key = (_call_id(r), r.get("method"), r.get("start_size"), r.get("recent_size"))
+        key = (_call_id(r), r.get("method"), r.get("start_size"), r.get("recent_size"), r.get("attn_implementation"))
         if key not in seen:
             seen.add(key)
             out.append(r)
@@ -148,7 +150,8 @@ def _delta_class(row, tol: float) -> str:
         if ci[0] > 0:
             return "worse"
         return "tie"
-    return "better" if d < -tol else "worse" if d > tol else "tie"
+    # No interval (one sample): never significant, whatever the point estimate says.
+    return "tie" if abs(d) <= tol else "unknown"
 
 
 def _effect(rows: list[dict], tol: float) -> str:
@@ -174,6 +177,10 @@ def _mean_delta(rows) -> float:
 def _region_means(row) -> dict:
     """Token-weighted NLL below / past 1.0x trained context from ``nll_by_relative_position``."""
     d = row.get("nll_by_relative_position") or {}
+    scale = 1.0
+    if not d.get("edges") and row.get("trained_context") and row.get("nll_by_position"):
+        # absolute buckets, as fractions of the trained context; a bucket straddling 1.0x is left out
+        d, scale = row["nll_by_position"], float(row["trained_context"])
     edges, nll, count = d.get("edges"), d.get("nll"), d.get("count")
     out = {"below": (0.0, 0), "past": (0.0, 0)}
     if not edges or nll is None or count is None:
@@ -182,7 +189,11 @@ def _region_means(row) -> dict:
     for i, (v, c) in enumerate(zip(nll, count)):
         if i >= len(edges) or not c or not _fin(_num(v)):
             continue
-        region = "past" if float(edges[i]) >= 1.0 - 1e-9 else "below"
+        lo = float(edges[i]) / scale
+        hi = float(edges[i + 1]) / scale if i + 1 < len(edges) else math.inf
+        if lo < 1.0 - 1e-9 < hi - 2e-9 and hi > 1.0 + 1e-9:
+            continue  # straddles 1.0x: cannot be split
+        region = "past" if lo >= 1.0 - 1e-9 else "below"
         acc[region][0] += float(v) * c
         acc[region][1] += int(c)
     return {k: (s, n) for k, (s, n) in acc.items()}
@@ -198,7 +209,8 @@ def _anomalous(row) -> bool:
 
 
 def _has_diagnostics(row) -> bool:
-    return any(k in row for k in NONFINITE_FIELDS + ("max_abs_logit", "max_abs_attn_score"))
+    """Whether non-finite counts were measured (present and not None): unmeasured is unknown, never clean."""
+    return any(row.get(k) is not None for k in NONFINITE_FIELDS)
 
 
 def _setting(row, *skip) -> str:
@@ -225,6 +237,7 @@ class Hypothesis:
     name: str
     label: str
     criteria: list[Criterion] = field(default_factory=list)
+    scope: str | None = None  # where the verdict holds, when it holds only for what was measured
 
     @property
     def verdict(self) -> str:
@@ -274,7 +287,10 @@ class _Data:
         for r in self.rows:
             call = self.calls[_call_id(r)]
             if _is_dense(r):
-                call["dense"] = call["dense"] or r
+                ref = r.get("delta_reference")
+                if call["dense"] is None or (ref is None and r.get("attn_implementation") ==
+                                             call["dense"].get("delta_reference")):
+                    call["dense"] = r  # the dense row the deltas are measured against
             elif r.get("method") in ("streaming_llm", "window"):
                 call[r["method"]].append(r)
         self.models = sorted({r.get("model_id") for r in self.rows if r.get("model_id")},
@@ -479,31 +495,20 @@ def _no_nonfinite(d: _Data) -> Criterion:
 def _numerical(d: _Data) -> Hypothesis:
     h = Hypothesis("numerical", "数值稳定性 numerical stability of the dense baseline")
     tol = d.tol
-    rows = [r for r in d.rows if _has_diagnostics(r)]
-    dense = [r for r in d.dense if _has_diagnostics(r)]
-    max_logit = max((_num(r.get("max_abs_logit")) for r in rows if _fin(_num(r.get("max_abs_logit")))), default=math.nan)
-    max_attn = max((_num(r.get("max_abs_attn_score")) for r in rows if _fin(_num(r.get("max_abs_attn_score")))),
-                   default=math.nan)
-    if not rows:
-        h.criteria.append(Criterion("non-finite values or huge logits/scores in the dense diagnostics", UNDECIDED,
-                                    "no diagnostics fields in the rows", key=True))
-    else:
-        bad_dense = [r for r in dense if _anomalous(r)]
-        bad_other = [r for r in rows if _anomalous(r) and not _is_dense(r)]
-        if bad_dense:
-            ex = max(bad_dense, key=lambda r: (_nonfinite(r), _num(r.get("max_abs_logit"))))
-            ev = (f"{len(bad_dense)} of {len(dense)} dense rows are anomalous (e.g. {_setting(ex, 'method')}: "
-                  f"non-finite {_nonfinite(ex)}, max |logit| {_f(ex.get('max_abs_logit'), 1)}, max |attn score| "
-                  f"{_f(ex.get('max_abs_attn_score'), 1)})")
-            h.criteria.append(Criterion("non-finite values or huge logits/scores in the dense diagnostics", PASS,
-                                        ev, key=True))
-        else:
-            ev = (f"all {len(dense)} dense rows are clean: 0 non-finite, max |logit| {_f(max_logit, 1)} "
-                  f"(huge means > {HUGE_LOGIT:g}), max |attention score| {_f(max_attn, 1)} (huge means > {HUGE_ATTN_SCORE:g})")
-            if bad_other:
-                ev += f"; {len(bad_other)} non-dense rows are anomalous (a problem of the cache methods, not the baseline)"
-            h.criteria.append(Criterion("non-finite values or huge logits/scores in the dense diagnostics", FAIL,
-                                        ev, key=True))
+    status, evidence, scope = numerical_scope(judge_kernels(d.dense, tol))
+    h.criteria.append(Criterion("measured kernel error, causality probe and NaN/Inf of the dense kernels", status,
+                                evidence, key=True))
+    h.scope = scope
+    rows = [r for r in d.dense if r.get("max_abs_logit") is not None]
+    if rows:
+        worst = max(rows, key=lambda r: _num(r.get("max_abs_logit")))
+        scores = [_num(r.get("max_abs_attn_score")) for r in rows if r.get("max_abs_attn_score") is not None]
+        h.criteria.append(Criterion(
+            "logit and attention-score magnitudes (informational)", PASS if _anomalous(worst) else FAIL,
+            f"max |logit| {_f(worst.get('max_abs_logit'), 1)} over {len(rows)} dense rows (huge means > {HUGE_LOGIT:g}); "
+            + (f"max |attention score| {_f(max(scores), 1)} where the project's kernel ran"
+               if scores else "attention scores not measured (they are observable only in the project's kernel)"),
+            required=False))
 
     # N2: only in large models.
     h.criteria.append(_by_model_size(d, only_large=True))
@@ -611,16 +616,42 @@ def _matched_groups(rows: list[dict], group_of, setting_of) -> tuple[dict, str]:
     return out, note
 
 
+def _family(row) -> tuple:
+    """Sizes are compared within one family at one trained context (Pythia 70M / 410M / 6.9B), never across
+    families (pythia-6.9b vs another family's 7b) nor across trained contexts."""
+    from .model_loading import model_family
+
+    return (row.get("model_family") or model_family(str(row.get("model_id"))), row.get("trained_context"))
+
+
+def _relative_length(row):
+    """Length as a multiple of the model's trained context (models with different contexts compare there)."""
+    tc, n = row.get("trained_context"), row.get("max_tokens")
+    return round(n / tc, 2) if tc and n else n
+
+
 def _by_model_size(d: _Data, only_large: bool) -> Criterion:
     name = ("the effect appears only in large models" if only_large else "the effect on every model size")
+    families = defaultdict(set)
+    for r in d.ref:
+        families[_family(r)].add(r.get("model_id"))
+    sized = {f: ms for f, ms in families.items() if len(ms) >= 2}
+    if not sized:
+        listing = "; ".join(f"{f[0]} (trained context {f[1]}): {', '.join(sorted(map(str, ms)))}"
+                            for f, ms in families.items()) or "none"
+        return Criterion(name, UNDECIDED, f"no family with two or more sizes at one trained context ({listing}): "
+                                          "the model-size rule cannot be decided; run model_size.yaml (Pythia)")
+    family = max(sized, key=lambda f: len(sized[f]))
+    rows = [r for r in d.ref if _family(r) == family]
     groups, note = _matched_groups(
-        d.ref, lambda r: r.get("model_id"),
-        lambda r: (r.get("max_tokens"), r.get("device"), r.get("dtype"), r.get("start_size"), r.get("recent_size")))
+        rows, lambda r: r.get("model_id"),
+        lambda r: (_relative_length(r), r.get("device"), r.get("dtype"), r.get("start_size"), r.get("recent_size")))
+    note += f" (family {family[0]}, trained context {family[1]}; lengths as multiples of it)"
     per_model = {}
     for m in d.models:
-        rows = groups.get(m)
-        if rows:
-            per_model[m] = (_effect(rows, d.tol), _mean_delta(rows))
+        m_rows = groups.get(m)
+        if m_rows:
+            per_model[m] = (_effect(m_rows, d.tol), _mean_delta(m_rows))
     listing = "; ".join(f"{_size_label(m)}: {e} (mean ΔNLL {_signed(md)})" for m, (e, md) in per_model.items()) + note
     if len(per_model) < 2:
         return Criterion(name, UNDECIDED,
@@ -736,6 +767,9 @@ def _scope(d: _Data, cause_key: str | None) -> dict[str, str]:
     untested = [x for x in ("mps", "cuda", "cpu") if not any(str(dv).startswith(x) for dv, _ in d.hardware)]
     hw = (f"effect seen on {', '.join(devices) or 'none'} (tested: {', '.join(tested_dev) or 'none'}"
           + (f"; not tested: {', '.join(u.upper() for u in untested)}" if untested else "") + ")")
+    measured = [j for j in judge_kernels(d.dense, tol) if j.status != "not measured"]
+    hw += ("; dense kernels with measured numerics: " + ", ".join(f"{j.device}/{j.dtype}/{j.kernel}" for j in measured)
+           if measured else "; no dense kernel's numerics were measured")
     return {"model size": size, "sequence length": length, "hardware": hw}
 
 
@@ -756,7 +790,7 @@ MEANING = {
 }
 
 
-def analyze(rows: list[dict], tolerance: float = TOLERANCE) -> Analysis:
+def analyze(rows: list[dict], tolerance: float = TOLERANCE, recall_points=()) -> Analysis:
     d = _Data(rows, tolerance)
     phenomenon, reproduced = _phenomenon(d)
     hyps = {"compression": _compression(d), "numerical": _numerical(d), "extrapolation": _extrapolation(d)}
@@ -786,7 +820,7 @@ def analyze(rows: list[dict], tolerance: float = TOLERANCE) -> Analysis:
         evidence += [f"rules out {hyps[k].label}: {c.name} fails — {c.evidence}" for c in hyps[k].failed()[:2]]
     summary_lines = []
     for k, h in hyps.items():
-        line = f"- **{h.label}**: {h.verdict}"
+        line = f"- **{h.label}**: {h.verdict}" + (f" ({h.scope})" if h.scope else "")
         if h.verdict == RULED_OUT:
             line += " — fails: " + "; ".join(c.name for c in h.failed())
         elif h.verdict == OPEN:
@@ -800,6 +834,9 @@ def analyze(rows: list[dict], tolerance: float = TOLERANCE) -> Analysis:
                    + (f" Missing evidence: {'; '.join(missing)}." if missing else "")
                    + " Run the remaining configs (length past the trained context, several model sizes, cache sizes, "
                      "devices/dtypes) and analyse all result files together.")
+    from .recall import practical_meaning
+
+    meaning += " " + practical_meaning(recall_points)  # measured recall, or "recall was not measured"
     a = Analysis(rows=d.rows, hypotheses=hyps, phenomenon=phenomenon, cause=cause, scope=scope, meaning=meaning,
                  summary="\n".join(summary_lines))
     a.cause_evidence = evidence  # type: ignore[attr-defined]
@@ -851,7 +888,7 @@ def render_report(a: Analysis, sources: Iterable[str] = (), figure_links: Iterab
         out.append("")
     links = list(figure_links)
     if links:
-        out += ["## Figures", ""] + [f"![{Path(p).stem}]({p})" for p in links] + [""]
+        out += ["## Figures", ""] + [f"![{Path(p).stem}](<{p}>)" for p in links] + [""]  # <..>: paths with spaces
     out += ["## Data", "", _table(a.rows), "",
             f"Thresholds: no change below {TOLERANCE} nats/token (set with --tolerance), device/dtype spread "
             f"<= {HW_TOLERANCE}, huge |logit| > {HUGE_LOGIT:g}, huge |attention score| > {HUGE_ATTN_SCORE:g}. "
@@ -861,9 +898,13 @@ def render_report(a: Analysis, sources: Iterable[str] = (), figure_links: Iterab
 
 # ------------------------------------------------------------------ CLI
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("results", nargs="+", help="result JSONL files from `lm-eval-streaming experiment`")
+    parser.add_argument("results", nargs="+",
+                        help="result files: experiment JSONL and/or `benchmark --output` JSON, mixed")
     parser.add_argument("--output", "-o", default="-", help="report (markdown); default: stdout")
     parser.add_argument("--figures", default=None, metavar="DIR", help="write PNG figures into DIR and link them")
+    parser.add_argument("--recall", nargs="+", default=None, metavar="DIR",
+                        help="lm-eval --output_path folders of the streaming_recall tasks: the practical meaning "
+                             "cites the measured distances at which each method stops recalling")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
                         help=f"NLL differences below this (nats/token) count as no change (default {TOLERANCE})")
     parser.set_defaults(func=run)
@@ -878,17 +919,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from lm_eval_streaming.experiment import load_results
+    from lm_eval_streaming.errors import UserError
+    from lm_eval_streaming.experiment.flat import flat_row
+    from lm_eval_streaming.records import load_runs
 
     missing = [p for p in args.results if not Path(p).is_file()]
     if missing:
-        print(f"error: result file(s) not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    rows = load_results(args.results)
+        raise UserError(f"result file(s) not found: {', '.join(missing)}")
+    # benchmark --output JSON and experiment JSONL, mixed; one line per file that cannot be read
+    runs = load_runs(args.results, warn=lambda msg: print(f"lm-eval-streaming analyze: warning: {msg}",
+                                                          file=sys.stderr))
+    rows = [flat_row(run, row) for run in runs for row in run.rows]
     if not rows:
-        print(f"error: no finished cells in {', '.join(args.results)}", file=sys.stderr)
-        return 2
-    a = analyze(rows, tolerance=args.tolerance)
+        raise UserError(f"no scored runs in {', '.join(args.results)}")
+    recall_points = []
+    if args.recall:
+        from lm_eval_streaming.recall import load_recall_results
+
+        recall_points = load_recall_results(args.recall)
+    a = analyze(rows, tolerance=args.tolerance, recall_points=recall_points)
     links = []
     if args.figures:
         from lm_eval_streaming.plots import make_figures
@@ -911,7 +960,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    return run(_configure(argparse.ArgumentParser(prog="lm-eval-streaming analyze")).parse_args(argv))
+    from .cli import main as cli_main  # the one error path
+
+    return cli_main(["analyze", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

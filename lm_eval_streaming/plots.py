@@ -156,16 +156,47 @@ def nll_vs_position(rows: list[dict], outdir: Path) -> list[Path]:
     return paths
 
 
+def kernel_error_vs_position(rows: list[dict], outdir: Path) -> list[Path]:
+    """Mean |ΔNLL| against the float32 reference kernel by position, one line per dtype x kernel and length,
+    per model and device (dense rows that carry a measured kernel error)."""
+    groups = defaultdict(list)
+    for r in rows:
+        err = r.get("kernel_error")
+        if r.get("method") == "dense" and isinstance(err, dict) and err.get("by_position"):
+            groups[(r.get("model_id"), r.get("device"))].append(r)
+    paths = []
+    for (model, device), rs in sorted(groups.items(), key=str):
+        fig, ax = _new_figure()
+        for r in sorted(rs, key=lambda r: (str(r.get("dtype")), str(r.get("attn_implementation")), r.get("max_tokens"))):
+            b = r["kernel_error"]["by_position"]
+            edges, values = b["edges"], b["nll"]
+            pts = [((lo + hi) / 2, v) for lo, hi, v in zip(edges, edges[1:], values) if _finite(v) and v > 0]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=3,
+                        label=f"{r.get('dtype')} {r.get('attn_implementation')} ({r.get('max_tokens')} tok)")
+        if not ax.lines:
+            continue  # every kernel equals the reference exactly: nothing to draw on a log axis
+        ax.set_yscale("log")
+        tc = rs[0].get("trained_context")
+        if tc:
+            ax.axvline(tc, color="grey", linestyle=":", label=f"trained context {tc}")
+        paths.append(_finish(fig, ax, "position (tokens)", "mean |ΔNLL| vs float32 reference (nats)",
+                             f"kernel error by position: {model}, {device} (0 = identical to the reference)",
+                             outdir / f"kernel_error_vs_position__{_slug(model, device)}.png"))
+    return paths
+
+
 def make_figures(rows: list[dict], outdir) -> list[Path]:
     """Write every figure the rows allow into ``outdir``; returns their paths."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    return ppl_vs_length(rows, outdir) + ppl_vs_cache(rows, outdir) + nll_vs_position(rows, outdir)
+    return (ppl_vs_length(rows, outdir) + ppl_vs_cache(rows, outdir) + nll_vs_position(rows, outdir)
+            + kernel_error_vs_position(rows, outdir))
 
 
 # ------------------------------------------------------------------ CLI
 def _configure(parser):
-    parser.add_argument("results", nargs="+", help="result JSONL files from `lm-eval-streaming experiment`")
+    parser.add_argument("results", nargs="+", help="experiment JSONL and/or `benchmark --output` JSON files")
     parser.add_argument("--figures", "--output", "-o", dest="figures", default="figures", metavar="DIR",
                         help="directory for the PNG files (default: figures)")
     parser.set_defaults(func=run)
@@ -178,8 +209,12 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from lm_eval_streaming.experiment import load_results
+    from lm_eval_streaming.errors import UserError
+    from lm_eval_streaming.experiment.flat import load_results
 
+    missing = [p for p in args.results if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"result file(s) not found: {', '.join(missing)}")
     paths = make_figures(load_results(args.results), args.figures)
     for p in paths:
         print(p)

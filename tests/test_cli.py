@@ -20,13 +20,12 @@ def run_cli(*argv, cwd=None):
 
 
 # (subcommand, arguments with one user mistake, text the message must contain)
-_PENDING = pytest.mark.xfail(reason="the subcommand prints its own 'error:' (/work/notes/requests-C.md #2)")
 MISTAKES = [
     pytest.param("benchmark", ["--method", "nosuch"], "method='nosuch'", marks=pytest.mark.slow, id="benchmark"),
     pytest.param("speed", ["--tokens", "-5"], "tokens=-5", marks=pytest.mark.slow, id="speed"),  # import torch
     ("experiment", ["{tmp}/missing.yaml"], "missing.yaml"),
-    pytest.param("analyze", ["{tmp}/missing.jsonl"], "missing.jsonl", marks=_PENDING, id="analyze"),
-    pytest.param("plot", ["{tmp}/missing.jsonl"], "missing.jsonl", marks=_PENDING, id="plot"),  # exits 0 today
+    pytest.param("analyze", ["{tmp}/missing.jsonl"], "missing.jsonl", id="analyze"),
+    pytest.param("plot", ["{tmp}/missing.jsonl"], "missing.jsonl", id="plot"),
     ("leaderboard", ["{tmp}/missing_dir"], "missing_dir"),
     ("leaderboard", ["{tmp}"], "no lm-eval results"),
     ("recall-report", ["{tmp}", "--trained_context", "-1"], "-1"),
