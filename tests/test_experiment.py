@@ -270,8 +270,11 @@ def test_real_path_loads_each_model_once(tmp_path, monkeypatch):
         calls.append(cell["max_tokens"])
         return FakeBenchmark()(**cell)
 
-    monkeypatch.setitem(sys.modules, "lm_eval_streaming.benchmark",
-                        types.SimpleNamespace(run_benchmark=run_benchmark, load_model=load_model))
+    import lm_eval_streaming
+
+    fake = types.SimpleNamespace(run_benchmark=run_benchmark, load_model=load_model)
+    monkeypatch.setitem(sys.modules, "lm_eval_streaming.benchmark", fake)
+    monkeypatch.setattr(lm_eval_streaming, "benchmark", fake, raising=False)  # `from pkg import benchmark`
     data = {**BASE, "grid": {"max_tokens": [100, 200], "dtype": ["float32", "bfloat16"]}}
     del data["dtype"]
     ex.run_experiment(ex.validate_config(data, "mem.yaml"), tmp_path / "r.jsonl", **QUIET)
