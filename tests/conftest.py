@@ -69,3 +69,19 @@ def tiny_model_dirs(tmp_path_factory):
         tok.save_pretrained(path)
         out[arch] = path
     return out
+
+
+def load_tasks_offline(include_path, names: list[str]):
+    """lm-eval tasks loaded the way a user meets them: from another directory (/), with the hub offline."""
+    from lm_eval.tasks import TaskManager
+
+    mp = pytest.MonkeyPatch()
+    here = os.getcwd()
+    try:
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        os.chdir("/")
+        return TaskManager(include_path=str(include_path), include_defaults=False).load(names)
+    finally:
+        os.chdir(here)
+        mp.undo()

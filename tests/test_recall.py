@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 from pathlib import Path
@@ -133,19 +132,9 @@ def test_data_is_small_and_credited():
 @pytest.fixture(scope="module")
 def loaded_tasks():
     """Both groups, loaded from another directory with the hub offline."""
-    from lm_eval.tasks import TaskManager
+    from conftest import load_tasks_offline
 
-    mp = pytest.MonkeyPatch()
-    here = os.getcwd()
-    try:
-        mp.setenv("HF_DATASETS_OFFLINE", "1")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        os.chdir("/")
-        tm = TaskManager(include_path=str(TASKS), include_defaults=False)
-        return tm.load(["streaming_recall", "streaming_passkey"])
-    finally:
-        os.chdir(here)
-        mp.undo()
+    return load_tasks_offline(TASKS, ["streaming_recall", "streaming_passkey"])
 
 
 def test_groups_load_offline_from_any_directory(loaded_tasks):

@@ -49,17 +49,9 @@ def task_manager(**kwargs):
 @pytest.fixture(scope="module")
 def ppl_tasks():
     """The streaming_ppl group, loaded from another cwd with the hub offline."""
-    mp = pytest.MonkeyPatch()
-    here = os.getcwd()
-    try:
-        mp.setenv("HF_DATASETS_OFFLINE", "1")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        os.chdir("/")
-        loaded = task_manager().load(["streaming_ppl"])
-    finally:
-        os.chdir(here)
-        mp.undo()
-    return loaded
+    from conftest import load_tasks_offline
+
+    return load_tasks_offline(TASKS, ["streaming_ppl"])
 
 
 def committed(n: int) -> list[dict]:
