@@ -1,56 +1,35 @@
-"""Which hypothesis do the experiment results support?
+"""The ``analyze`` command: which hypothesis do the results support?
 
-``lm-eval-streaming analyze RESULTS.jsonl... [--output REPORT.md] [--figures DIR]``
+``lm-eval-streaming analyze RESULTS... [--output REPORT.md] [--figures DIR] [--recall DIR...]``
 
-Reads result files written by ``lm-eval-streaming experiment`` (one row per
-dense baseline / method / recent size, see :func:`lm_eval_streaming.experiment.load_results`)
-and checks the three hypotheses for "StreamingLLM beats dense attention" against
-the judgement rules, each criterion with the numbers it rests on:
-
-* **compression improves prediction**: the advantage on every model size, every
-  device/dtype, at short (within the trained context) and long lengths, with an
-  interior optimum over cache sizes;
-* **numerical problem of the baseline**: non-finite or huge logits / attention
-  scores in the dense diagnostics (required), the advantage only in large
-  models, growing with length, a bigger cache approaching dense (possibly absent
-  on CUDA: reported, not required);
-* **position extrapolation**: dense NLL jumps past 1.0x the trained context
-  relative to streaming (required), streaming stays flat there, no advantage
-  within the trained context, window-only (no sinks) degrades, dtype and device
-  change little, no non-finite values.
-
-Each criterion passes, fails or cannot be decided from the data (for instance a
-single model size); a hypothesis is *supported* when its key criterion passes
-and none fails, *ruled out* when any fails, and *undecided* otherwise.
-
-"Advantage" is ΔNLL = NLL(streaming) - NLL(dense) (nats/token, paired on the same
-samples, ``delta_nll_vs_dense`` and its CI): significant when the CI excludes 0,
-absent when the point estimate is >= 0. Differences below ``--tolerance`` (0.05
-nats by default) count as "no change".
+Reads experiment JSONL and ``benchmark --output`` JSON files, mixed, old layouts included
+(:func:`lm_eval_streaming.records.load_runs`; a file it cannot read gets one warning line naming it), judges the
+three hypotheses for "StreamingLLM beats dense attention" (:func:`lm_eval_streaming.verdict.analyze`: compression
+helps, numerical problem of the dense baseline, position extrapolation; one module per hypothesis) and writes the
+markdown report (:mod:`lm_eval_streaming.report`) with the figures (:mod:`lm_eval_streaming.plots`). Every argument
+is checked before any work.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
-from .report import render_report  # noqa: F401  (re-exported)
-from .verdict import analyze  # noqa: F401
-from .verdict_base import (FAIL, HUGE_ATTN_SCORE, HUGE_LOGIT, HW_TOLERANCE, OPEN, PASS, REF_RECENT,  # noqa: F401
-                           RULED_OUT, SUPPORTED, TOLERANCE, UNDECIDED, Analysis, Criterion, Hypothesis, model_params)
+from .errors import UserError
+from .verdict_base import TOLERANCE
 
 
-# ------------------------------------------------------------------ CLI
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("results", nargs="+",
                         help="result files: experiment JSONL and/or `benchmark --output` JSON, mixed")
     parser.add_argument("--output", "-o", default="-", help="report (markdown); default: stdout")
     parser.add_argument("--figures", default=None, metavar="DIR", help="write PNG figures into DIR and link them")
-    parser.add_argument("--recall", nargs="+", default=None, metavar="DIR",
-                        help="lm-eval --output_path folders of the streaming_recall tasks: the practical meaning "
-                             "cites the measured distances at which each method stops recalling")
+    parser.add_argument("--recall", nargs="+", default=None, metavar="PATH",
+                        help="lm-eval --output_path folders (or results files) of the streaming_recall tasks: the "
+                             "practical meaning cites the measured distances at which each method stops recalling")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
                         help=f"NLL differences below this (nats/token) count as no change (default {TOLERANCE})")
     parser.set_defaults(func=run)
@@ -61,47 +40,72 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return _configure(subparsers.add_parser(
         "analyze", help="decide between the hypotheses from experiment results; write a report",
         description="Evaluate the judgement rules (compression / numerics / position extrapolation) on result "
-                    "JSONL files and write a markdown report with the conclusion template."))
+                    "files and write a markdown report with the conclusion template."))
+
+
+def check_result_files(paths) -> None:
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"result file(s) not found: {', '.join(missing)}")
+
+
+def check_figures_dir(path) -> None:
+    if path and Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"--figures={str(path)!r} is a file, not a directory")
+
+
+def read_results(paths, command: str) -> list:
+    """The runs in ``paths`` (one warning line per file that cannot be read); a UserError when there are none."""
+    from .records import load_runs
+
+    runs = load_runs(paths, warn=lambda msg: print(f"lm-eval-streaming {command}: warning: {msg}", file=sys.stderr))
+    if not runs:
+        raise UserError(f"no scored runs in {', '.join(map(str, paths))}")
+    return runs
+
+
+def _check(args) -> None:
+    """Every argument, before any work."""
+    from .records import check_writable
+
+    check_result_files(args.results)
+    if not (math.isfinite(args.tolerance) and args.tolerance > 0):
+        raise UserError(f"--tolerance={args.tolerance} is not allowed: expected a number > 0 (nats/token)")
+    if args.output != "-":
+        check_writable(args.output)
+    check_figures_dir(args.figures)
 
 
 def run(args) -> int:
-    from lm_eval_streaming.errors import UserError
-    from lm_eval_streaming.experiment.flat import flat_row
-    from lm_eval_streaming.records import load_runs
+    from .report import render_report
+    from .verdict import analyze
 
-    missing = [p for p in args.results if not Path(p).is_file()]
-    if missing:
-        raise UserError(f"result file(s) not found: {', '.join(missing)}")
-    # benchmark --output JSON and experiment JSONL, mixed; one line per file that cannot be read
-    runs = load_runs(args.results, warn=lambda msg: print(f"lm-eval-streaming analyze: warning: {msg}",
-                                                          file=sys.stderr))
-    rows = [flat_row(run, row) for run in runs for row in run.rows]
-    if not rows:
-        raise UserError(f"no scored runs in {', '.join(args.results)}")
+    _check(args)
     recall_points = []
     if args.recall:
-        from lm_eval_streaming.recall import load_recall_results
+        from .recall import load_recall_results
 
-        recall_points = load_recall_results(args.recall)
-    a = analyze(rows, tolerance=args.tolerance, recall_points=recall_points)
+        recall_points = load_recall_results(args.recall)  # a missing path: FileNotFoundError, one line
+        if not recall_points:
+            raise UserError(f"--recall: no streaming_recall results under {', '.join(args.recall)}")
+    a = analyze(read_results(args.results, "analyze"), tolerance=args.tolerance, recall_points=recall_points)
     links = []
     if args.figures:
-        from lm_eval_streaming.plots import make_figures
+        from .plots import make_figures
 
-        figs = make_figures(a.rows, args.figures)
+        figs = make_figures(a.runs, args.figures)
         a.figures = [str(p) for p in figs]
         base = Path(args.output).resolve().parent if args.output != "-" else Path.cwd()
         links = [os.path.relpath(Path(p).resolve(), base) for p in figs]
     text = render_report(a, sources=args.results, figure_links=links)
     if args.output == "-":
         print(text)
-    else:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-        print(f"report -> {out}" + (f" ({len(links)} figures in {args.figures})" if args.figures else ""))
-        for k, h in a.hypotheses.items():
-            print(f"  {h.label}: {h.verdict}")
+        return 0
+    out = Path(args.output)
+    out.write_text(text, encoding="utf-8")
+    print(f"report -> {out}" + (f" ({len(links)} figures in {args.figures})" if args.figures else ""))
+    for h in a.hypotheses.values():
+        print(f"  {h.label}: {h.verdict}" + (f" ({h.scope})" if h.scope else ""))
     return 0
 
 

@@ -1,12 +1,14 @@
-"""PNG figures of experiment results (matplotlib, Agg canvas; no display needed).
+"""PNG figures of result runs (matplotlib, Agg canvas; no display needed); the ``plot`` command draws them
+from result files without a report (``lm-eval-streaming plot RESULTS... --figures DIR``).
 
-* ``ppl_vs_length__<model>_<device>_<dtype>.png``: perplexity vs sequence length,
-  one line per method (and cache size), the trained context as a vertical line;
-* ``ppl_vs_cache__<model>_<tokens>_<device>_<dtype>.png``: perplexity vs recent
-  size per method, dense as a horizontal line;
-* ``nll_vs_position__<model>_<tokens>_<device>_<dtype>.png``: NLL by token
-  position (``nll_curve``) per method at the longest length, with a vertical
-  line at the trained context.
+* ``ppl_vs_length__<model>_<device>_<dtype>.png``: perplexity vs sequence length, one line per method (and
+  cache size) and per dense kernel, the trained context as a vertical line;
+* ``ppl_vs_cache__<model>_<tokens>_<device>_<dtype>.png``: perplexity vs recent size per method, each dense
+  kernel as a horizontal line;
+* ``nll_vs_position__<model>_<tokens>_<device>_<dtype>.png``: NLL by token position (``nll_curve``) per row at
+  the longest length, with a vertical line at the trained context;
+* ``kernel_error_vs_position__<model>_<device>.png``: mean |ΔNLL| of each dense kernel against the float32
+  reference by position (rows that measured the kernel error).
 
 Figures are drawn on :class:`matplotlib.figure.Figure` with an Agg canvas, so
 they never touch pyplot's global state or the user's backend.
@@ -16,10 +18,21 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
-DENSE_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.6}
+from .records import Row, Run
+
+# dense lines are grey and broken, one look per kernel; methods get the colour cycle
+DENSE_STYLES = [{"color": c, "linestyle": ls, "linewidth": 1.6}
+                for c, ls in (("black", "--"), ("dimgray", "-."), ("darkgray", ":"))]
+
+
+def _dense_style(label: str, labels) -> dict:
+    dense = sorted(x for x in labels if x.startswith("dense"))
+    return DENSE_STYLES[dense.index(label) % len(DENSE_STYLES)] if label in dense else {}
 
 
 def _slug(*parts) -> str:
@@ -32,12 +45,6 @@ def _finite(x) -> bool:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
         return False
-
-
-def _label(row) -> str:
-    if row.get("method") == "dense":
-        return "dense"
-    return f"{row.get('method')} ({row.get('start_size')}+{row.get('recent_size')})"
 
 
 def _new_figure(width: float = 7.0, height: float = 4.5):
@@ -54,13 +61,19 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    n = len(ax.get_legend_handles_labels()[1])
+    if n > 6:  # a long legend goes below the axes instead of over the data
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width, height + 0.2 * ((n + 1) // 2))
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    else:
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", bbox_inches="tight")  # keeps a legend placed below the axes
     return path
 
 
@@ -69,30 +82,51 @@ def _mean(values) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def _trained_context(rows) -> int | None:
-    return next((r.get("trained_context") for r in rows if r.get("trained_context")), None)
+def _label(row: Row) -> str:
+    """Legend label: dense per kernel (several dense kernels per run), streaming methods by cache size."""
+    if row.is_dense:
+        return f"dense ({row.attn_implementation or 'kernel not recorded'})"
+    return f"{row.method} ({row.start_size}+{row.recent_size})"
 
 
-def ppl_vs_length(rows: list[dict], outdir: Path) -> list[Path]:
+def _by(runs: list[Run], *keys: str) -> dict:
     groups = defaultdict(list)
-    for r in rows:
-        groups[(r.get("model_id"), r.get("device"), r.get("dtype"))].append(r)
+    for run in runs:
+        groups[tuple(getattr(run, k) for k in keys)].append(run)
+    return dict(sorted(groups.items(), key=str))
+
+
+def _trained_context(runs: list[Run]) -> int | None:
+    return next((r.trained_context for r in runs if r.trained_context), None)
+
+
+def _context_line(ax, runs: list[Run], color: str = "red"):
+    tc = _trained_context(runs)
+    if tc:
+        ax.axvline(tc, color=color, linestyle=":", label=f"trained context ({tc})")
+
+
+def ppl_vs_length(runs: list[Run], outdir: Path) -> list[Path]:
+    """One line per row label and way of building samples (runs that built samples differently are not joined:
+    their points differ by the samples, not the setting); later sample layouts get hollow markers."""
     paths = []
-    for (model, device, dtype), rs in sorted(groups.items(), key=str):
-        if len({r.get("max_tokens") for r in rs}) < 2:
+    for (model, device, dtype), rs in _by(runs, "model_id", "device", "dtype").items():
+        if len({r.max_tokens for r in rs}) < 2:
             continue
+        specs = sorted({r.sample_spec or "" for r in rs})
         lines = defaultdict(lambda: defaultdict(list))
-        for r in rs:
-            lines[_label(r)][r.get("max_tokens")].append(r.get("ppl"))
+        for run in rs:
+            for row in run.rows:
+                lines[(_label(row), run.sample_spec or "")][run.max_tokens].append(row.ppl)
+        labels = {label for label, _ in lines}
         fig, ax = _new_figure()
-        for label in sorted(lines, key=lambda s: (s != "dense", s)):
-            pts = sorted((L, _mean(v)) for L, v in lines[label].items() if L is not None)
-            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            style = DENSE_STYLE if label == "dense" else {}
-            ax.plot(xs, ys, marker="o", label=label, **style)
-        tc = _trained_context(rs)
-        if tc:
-            ax.axvline(tc, color="red", linestyle=":", label=f"trained context ({tc})")
+        for label, spec in sorted(lines, key=lambda k: (specs.index(k[1]), not k[0].startswith("dense"), k[0])):
+            pts = sorted((n, _mean(v)) for n, v in lines[(label, spec)].items())
+            name = label if len(specs) < 2 else f"{label} [{spec.split(':')[-1] or 'old samples'}]"
+            style = {"markerfacecolor": "none"} if specs.index(spec) else {}
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
+                    **_dense_style(label, labels), **style)
+        _context_line(ax, rs)
         ax.set_xscale("log")
         ax.set_yscale("log")
         paths.append(_finish(fig, ax, "sequence length (tokens)", "perplexity",
@@ -101,25 +135,26 @@ def ppl_vs_length(rows: list[dict], outdir: Path) -> list[Path]:
     return paths
 
 
-def ppl_vs_cache(rows: list[dict], outdir: Path) -> list[Path]:
-    groups = defaultdict(list)
-    for r in rows:
-        groups[(r.get("model_id"), r.get("max_tokens"), r.get("device"), r.get("dtype"))].append(r)
+def ppl_vs_cache(runs: list[Run], outdir: Path) -> list[Path]:
     paths = []
-    for (model, tokens, device, dtype), rs in sorted(groups.items(), key=str):
-        cached = [r for r in rs if r.get("method") != "dense" and r.get("recent_size") is not None]
-        if len({r.get("recent_size") for r in cached}) < 2:
+    for (model, tokens, device, dtype), rs in _by(runs, "model_id", "max_tokens", "device", "dtype").items():
+        cached = [row for run in rs for row in run.rows if not row.is_dense]
+        if len({row.recent_size for row in cached}) < 2:
             continue
         lines = defaultdict(lambda: defaultdict(list))
-        for r in cached:
-            lines[f"{r.get('method')} (sinks {r.get('start_size')})"][r["recent_size"]].append(r.get("ppl"))
+        for row in cached:
+            lines[f"{row.method} (sinks {row.start_size})"][row.recent_size].append(row.ppl)
         fig, ax = _new_figure()
         for label in sorted(lines):
             pts = sorted((k, _mean(v)) for k, v in lines[label].items())
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        dense = _mean(r.get("ppl") for r in rs if r.get("method") == "dense")
-        if _finite(dense):
-            ax.axhline(dense, label=f"dense ({dense:.2f})", **DENSE_STYLE)
+        dense = defaultdict(list)
+        for run in rs:
+            for row in run.dense_rows():
+                dense[_label(row)].append(row.ppl)
+        for label, values in sorted(dense.items()):
+            if _finite(_mean(values)):
+                ax.axhline(_mean(values), label=f"{label}: {_mean(values):.2f}", **_dense_style(label, dense))
         ax.set_xscale("log", base=2)
         paths.append(_finish(fig, ax, "recent size (tokens kept besides the sinks)", "perplexity",
                              f"Perplexity vs cache size: {model}, {tokens} tokens ({device}, {dtype})",
@@ -127,71 +162,65 @@ def ppl_vs_cache(rows: list[dict], outdir: Path) -> list[Path]:
     return paths
 
 
-def nll_vs_position(rows: list[dict], outdir: Path) -> list[Path]:
-    groups = defaultdict(list)
-    for r in rows:
-        curve = r.get("nll_curve") or {}
-        if curve.get("positions") and curve.get("nll"):
-            groups[(r.get("model_id"), r.get("device"), r.get("dtype"))].append(r)
+def nll_vs_position(runs: list[Run], outdir: Path) -> list[Path]:
+    """NLL by position (``nll_curve``) per row at the longest length of each model/device/dtype."""
     paths = []
-    for (model, device, dtype), rs in sorted(groups.items(), key=str):
-        longest = max(r.get("max_tokens") or 0 for r in rs)
-        rs = [r for r in rs if (r.get("max_tokens") or 0) == longest]
+    curved = [r for r in runs if any(row.nll_curve for row in r.rows)]
+    for (model, device, dtype), rs in _by(curved, "model_id", "device", "dtype").items():
+        longest = max(r.max_tokens for r in rs)
         fig, ax = _new_figure(8.0, 4.8)
-        seen = set()
-        for r in sorted(rs, key=lambda r: (r.get("method") != "dense", _label(r))):
-            label = _label(r)
-            if label in seen:  # dense scored once per cell: draw it once
-                continue
-            seen.add(label)
-            pts = [(p, v) for p, v in zip(r["nll_curve"]["positions"], r["nll_curve"]["nll"]) if _finite(v)]
-            style = DENSE_STYLE if label == "dense" else {}
-            ax.plot([p for p, _ in pts], [v for _, v in pts], label=label, **style)
-        tc = _trained_context(rs)
-        if tc:
-            ax.axvline(tc, color="red", linestyle=":", label=f"trained context ({tc})")
+        rows = {}  # the same setting in two runs of this length: drawn once
+        for row in (row for r in rs if r.max_tokens == longest for row in r.rows if row.nll_curve):
+            rows.setdefault(_label(row), row)
+        for label, row in sorted(rows.items(), key=lambda t: (not t[1].is_dense, t[0])):
+            pts = [(x, v) for x, v in zip(row.nll_curve.centers(), row.nll_curve.nll) if _finite(v)]
+            ax.plot([p for p, _ in pts], [v for _, v in pts], label=label, **_dense_style(label, rows))
+        _context_line(ax, rs)
         paths.append(_finish(fig, ax, "token position", "NLL (nats/token)",
                              f"NLL vs position: {model}, {longest} tokens ({device}, {dtype})",
                              outdir / f"nll_vs_position__{_slug(model, longest, device, dtype)}.png"))
     return paths
 
 
-def kernel_error_vs_position(rows: list[dict], outdir: Path) -> list[Path]:
-    """Mean |ΔNLL| against the float32 reference kernel by position, one line per dtype x kernel and length,
-    per model and device (dense rows that carry a measured kernel error)."""
-    groups = defaultdict(list)
-    for r in rows:
-        err = r.get("kernel_error")
-        if r.get("method") == "dense" and isinstance(err, dict) and err.get("by_position"):
-            groups[(r.get("model_id"), r.get("device"))].append(r)
+def kernel_error_vs_position(runs: list[Run], outdir: Path) -> list[Path]:
+    """Mean |ΔNLL| against the float32 reference kernel by position: one line per dtype x kernel x length, one
+    figure per model and device (dense rows that measured it; 0 cannot be drawn on the log axis and is said)."""
     paths = []
-    for (model, device), rs in sorted(groups.items(), key=str):
+    measured = [r for r in runs if any(row.kernel_error and row.kernel_error.by_position for row in r.dense_rows())]
+    for (model, device), rs in _by(measured, "model_id", "device").items():
         fig, ax = _new_figure()
-        for r in sorted(rs, key=lambda r: (str(r.get("dtype")), str(r.get("attn_implementation")), r.get("max_tokens"))):
-            b = r["kernel_error"]["by_position"]
-            edges, values = b["edges"], b["nll"]
-            pts = [((lo + hi) / 2, v) for lo, hi, v in zip(edges, edges[1:], values) if _finite(v) and v > 0]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=3,
-                        label=f"{r.get('dtype')} {r.get('attn_implementation')} ({r.get('max_tokens')} tok)")
+        exact = set()
+        for run in sorted(rs, key=lambda r: (r.dtype, r.max_tokens)):
+            for row in sorted(run.dense_rows(), key=lambda row: row.attn_implementation or ""):
+                b = row.kernel_error.by_position if row.kernel_error else None
+                if b is None:
+                    continue
+                # x: the middle of the positions a bucket actually holds (the last bucket ends at the run's length)
+                pts = [((lo + min(hi, run.max_tokens)) / 2, v) for lo, hi, v in zip(b.edges, b.edges[1:], b.nll)
+                       if _finite(v) and v > 0]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", markersize=3,
+                            label=f"{run.dtype} {row.attn_implementation} ({run.max_tokens} tok)")
+                else:
+                    exact.add(f"{run.dtype} {row.attn_implementation}")
         if not ax.lines:
             continue  # every kernel equals the reference exactly: nothing to draw on a log axis
         ax.set_yscale("log")
-        tc = rs[0].get("trained_context")
-        if tc:
-            ax.axvline(tc, color="grey", linestyle=":", label=f"trained context {tc}")
-        paths.append(_finish(fig, ax, "position (tokens)", "mean |ΔNLL| vs float32 reference (nats)",
-                             f"kernel error by position: {model}, {device} (0 = identical to the reference)",
+        _context_line(ax, rs, color="grey")
+        title = f"Kernel error by position: {model}, {device}"
+        if exact:
+            title += "\n" + textwrap.fill(f"identical to the reference (0, not drawn): {', '.join(sorted(exact))}", 90)
+        paths.append(_finish(fig, ax, "position (tokens)", "mean |ΔNLL| vs float32 reference (nats)", title,
                              outdir / f"kernel_error_vs_position__{_slug(model, device)}.png"))
     return paths
 
 
-def make_figures(rows: list[dict], outdir) -> list[Path]:
-    """Write every figure the rows allow into ``outdir``; returns their paths."""
+def make_figures(runs: list[Run], outdir) -> list[Path]:
+    """Write every figure the runs allow into ``outdir``; returns their paths."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    return (ppl_vs_length(rows, outdir) + ppl_vs_cache(rows, outdir) + nll_vs_position(rows, outdir)
-            + kernel_error_vs_position(rows, outdir))
+    return (ppl_vs_length(runs, outdir) + ppl_vs_cache(runs, outdir) + nll_vs_position(runs, outdir)
+            + kernel_error_vs_position(runs, outdir))
 
 
 # ------------------------------------------------------------------ CLI
@@ -209,25 +238,24 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from lm_eval_streaming.errors import UserError
-    from lm_eval_streaming.experiment.flat import load_results
+    from .analysis import check_figures_dir, check_result_files, read_results
 
-    missing = [p for p in args.results if not Path(p).is_file()]
-    if missing:
-        raise UserError(f"result file(s) not found: {', '.join(missing)}")
-    paths = make_figures(load_results(args.results), args.figures)
+    check_result_files(args.results)
+    check_figures_dir(args.figures)
+    paths = make_figures(read_results(args.results, "plot"), args.figures)
     for p in paths:
         print(p)
+    if not paths:
+        print("no figures: the runs need two lengths or two cache sizes of one setting, an NLL curve, or a kernel "
+              "error by position", file=sys.stderr)
     return 0
 
 
 def main(argv=None) -> int:
-    import argparse
+    from .cli import main as cli_main  # the one error path
 
-    return run(_configure(argparse.ArgumentParser(prog="lm-eval-streaming plot")).parse_args(argv))
+    return cli_main(["plot", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

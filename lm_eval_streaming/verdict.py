@@ -1,94 +1,136 @@
-"""The phenomenon, the conclusion template and `analyze()`: which hypothesis the data supports."""
+"""`analyze()`: the phenomenon, the three hypotheses, and the conclusion template (现象 / 原因 / 适用范围 / 实际意义),
+whose scope names model families, lengths, hardware and kernels only as measured."""
 
 from __future__ import annotations
 
-from .verdict_base import (Analysis, OPEN, PASS, RULED_OUT, SUPPORTED, TOLERANCE, _Data, _call_id, _ci,
-                           _delta_class, _effect, _f, _fin, _num, _setting,
-                           _signed, _size_label)
-from .verdict_compression import _compression
-from .verdict_extrapolation import _extrapolation
-from .verdict_numerics import judge_kernels, _numerical
+from collections import defaultdict
+
+from .records import Run
+from .verdict_base import (OPEN, PASS, RULED_OUT, SUPPORTED, TOLERANCE, Analysis, fmt, interval, signed)
+from .verdict_compression import compression
+from .verdict_data import Data, delta_class, effect, family_of, size_label
+from .verdict_extrapolation import extrapolation
+from .verdict_numerics import BROKEN, UNMEASURED, judge_kernels, listing, numerical
 
 
-def _phenomenon(d: _Data) -> tuple[str, bool]:
+def _dense_kernels(d: Data, runs) -> str:
+    kernels = sorted({(d.dense_of(r).attn_implementation or "kernel not recorded") for r in runs if d.dense_of(r)})
+    return ", ".join(kernels) or "none"
+
+
+def phenomenon(d: Data) -> tuple[str, bool]:
     ref = d.ref
     if not ref:
         return "No streaming_llm rows in the data: nothing to compare with dense.", False
-    n = len(ref)
-    better = [r for r in ref if _delta_class(r, d.tol) == "better"]
-    lower = [r for r in ref if _num(r.get("delta_nll_vs_dense")) < 0]
-    worse = [r for r in ref if _delta_class(r, d.tol) == "worse"]
-    best = min(ref, key=lambda r: _num(r.get("delta_nll_vs_dense")) if _fin(_num(r.get("delta_nll_vs_dense"))) else 1e9)
-    bd = d.calls[_call_id(best)]["dense"] or {}
-    sizes = sorted({(r.get("start_size"), r.get("recent_size")) for r in ref}, key=str)
-    cache = ", ".join(f"{s}+{rc}" for s, rc in sizes)
-    text = (f"StreamingLLM ({cache} sinks+recent) has a lower NLL than dense attention in {len(lower)} of {n} "
-            f"settings ({len(better)} significant, {len(worse)} significantly worse). Best streaming setting: "
-            f"{_setting(best, 'method')}: perplexity {_f(best.get('ppl'), 2)} vs dense {_f(bd.get('ppl'), 2)}, "
-            f"ΔNLL {_signed(best.get('delta_nll_vs_dense'))}{_ci(best.get('delta_nll_ci'))} nats/token, "
-            f"Δaccuracy {_signed(best.get('delta_acc_vs_dense'), 4)}{_ci(best.get('delta_acc_ci'))}.")
-    reproduced = bool(better)
-    if not reproduced:
-        text += (" The seed's phenomenon (streaming better than dense) is not reproduced with significance "
-                 "in this data.")
-    return text, reproduced
+    better = [e for e in ref if delta_class(e.row, d.tol) == "better"]
+    worse = [e for e in ref if delta_class(e.row, d.tol) == "worse"]
+    lower = [e for e in ref if e.delta is not None and e.delta < 0]
+    single = [e for e in ref if e.delta is not None and e.row.delta_nll_ci is None]
+    best = min(ref, key=lambda e: e.delta if e.delta is not None else float("inf"))
+    dense = d.dense_of(best.run)
+    cache = ", ".join(sorted({f"{e.row.start_size}+{e.row.recent_size}" for e in ref}))
+    text = (f"StreamingLLM ({cache} sinks+recent) has a lower NLL than dense attention (through "
+            f"{_dense_kernels(d, d.runs)}) in {len(lower)} of {len(ref)} settings ({len(better)} significant, "
+            f"{len(worse)} significantly worse"
+            + (f"; {len(single)} without an interval: one sample, never called significant" if single else "")
+            + f"). Best streaming setting: {best.setting('method')}: perplexity {fmt(best.row.ppl, 2)} vs dense "
+              f"{fmt(dense.ppl if dense else None, 2)}, ΔNLL {signed(best.delta)}{interval(best.row.delta_nll_ci)} "
+              f"nats/token, Δaccuracy {signed(best.row.delta_acc_vs_dense, 4)}{interval(best.row.delta_acc_ci)}.")
+    if not better:
+        text += " The seed's phenomenon (streaming better than dense) is not reproduced with significance in this data."
+    return text, bool(better)
 
 
+# ------------------------------------------------------------------ 适用范围
+def _size_scope(d: Data) -> str:
+    families = defaultdict(list)
+    for m in d.models:
+        families[family_of(d.model_run[m])].append(m)
+    parts = []
+    for (family, tc), models in families.items():
+        tested = ", ".join(size_label(d.model_run[m]) for m in models)
+        eff = [m for m in models if effect([e for e in d.ref if e.run.model_id == m], d.tol) == "effect"]
+        where = f"{family} (trained context {tc})"
+        if not eff:
+            parts.append(f"{where}: no model size shows the effect (tested: {tested})")
+        elif len(models) < 2:
+            parts.append(f"{where}: only {tested} tested: the size range cannot be bounded")
+        else:
+            parts.append(f"{where}: >= {size_label(d.model_run[eff[0]])} (tested: {tested})")
+    return "; ".join(parts) + ("; sizes compared only within a family" if len(families) > 1 else "") or "none"
 
 
-# ---- conclusion
-def _scope(d: _Data, cause_key: str | None) -> dict[str, str]:
-    tol = d.tol
-    eff_models = [m for m in d.models if _effect([r for r in d.ref if r.get("model_id") == m], tol) == "effect"]
-    tested_models = ", ".join(_size_label(m) for m in d.models) or "none"
-    if not eff_models:
-        size = f"no model size shows the effect (tested: {tested_models})"
-    elif len(d.models) < 2:
-        size = f"only {tested_models} tested: the size range cannot be bounded"
-    else:
-        smallest = eff_models[0]
-        size = f">= {_size_label(smallest)} (tested: {tested_models})"
-    eff_len = sorted({r.get("max_tokens") for r in d.ref if _delta_class(r, tol) == "better"})
-    tested_len = ", ".join(map(str, d.lengths)) or "none"
-    if not eff_len:
-        length = f"no length shows a significant effect (tested: {tested_len})"
-    else:
-        length = f">= {eff_len[0]} tokens (tested: {tested_len})"
-        if cause_key == "extrapolation":
-            tcs = ", ".join(f"{tc} for {m}" for m, tc in d.trained_contexts.items() if tc)
-            length += f"; i.e. only past the trained context ({tcs})"
-    devices = sorted({str(r.get("device")) for r in d.ref if _delta_class(r, tol) == "better"})
-    tested_dev = sorted({f"{dv}/{dt}" for dv, dt in d.hardware})
-    untested = [x for x in ("mps", "cuda", "cpu") if not any(str(dv).startswith(x) for dv, _ in d.hardware)]
-    hw = (f"effect seen on {', '.join(devices) or 'none'} (tested: {', '.join(tested_dev) or 'none'}"
-          + (f"; not tested: {', '.join(u.upper() for u in untested)}" if untested else "") + ")")
-    measured = [j for j in judge_kernels(d.dense, tol) if j.status != "not measured"]
-    hw += ("; dense kernels with measured numerics: " + ", ".join(f"{j.device}/{j.dtype}/{j.kernel}" for j in measured)
-           if measured else "; no dense kernel's numerics were measured")
-    return {"model size": size, "sequence length": length, "hardware": hw}
+def _length_scope(d: Data, cause_key: str | None) -> str:
+    def as_multiple(run: Run) -> str:
+        return f"{run.max_tokens} ({run.max_tokens / run.trained_context:.2g}x)" if run.trained_context \
+            else str(run.max_tokens)
+
+    runs = sorted({(r.max_tokens, r.trained_context): r for r in d.runs}.values(),
+                  key=lambda r: (r.max_tokens, r.trained_context or 0))
+    tested = ", ".join(as_multiple(r) for r in runs) or "none"
+    eff = sorted((e.run for e in d.ref if delta_class(e.row, d.tol) == "better"), key=lambda r: r.max_tokens)
+    tcs = ", ".join(f"{tc} for {m}" for m, tc in d.trained_contexts.items() if tc)
+    if not eff:
+        return f"no length shows a significant effect (tested, tokens and multiple of the trained context: {tested})"
+    text = f">= {as_multiple(eff[0])} tokens (tested: {tested}; trained context {tcs or 'unknown'})"
+    if cause_key == "extrapolation":
+        text += "; i.e. only past the trained context"
+    return text
 
 
-MEANING = {
-    "extrapolation": (
-        "StreamingLLM does not predict better than dense attention within the model's trained context; it only "
-        "avoids positions the model never saw. The 'improvement' measures dense attention running past "
-        "max_position_embeddings. Compare against a baseline that stays within the trained context (lm-eval's "
-        "`hf` model scores long documents in trained-context windows), and present StreamingLLM as a way to run "
-        "past the context at constant memory, not as a better predictor."),
-    "numerical": (
-        "The dense baseline is numerically broken on this setup (non-finite or overflowing values), so its "
-        "perplexity is not a valid reference. Re-run the baseline in float32 (or on CUDA), or fix the attention "
-        "computation, before comparing; the streaming 'gain' is the baseline's loss."),
-    "compression": (
-        "Dropping the middle of the context acts like a regulariser for this model: a bounded cache of the "
-        "optimal size both saves memory and lowers perplexity. Tune the recent size per model."),
+def _hardware_scope(d: Data) -> str:
+    per_hw = defaultdict(set)
+    for e in d.dense:
+        per_hw[(e.run.device, e.run.dtype)].add(e.row.attn_implementation or "kernel not recorded")
+    tested = "; ".join(f"{dv}/{dt} (dense through {', '.join(sorted(ks))})" for (dv, dt), ks in sorted(per_hw.items()))
+    seen = sorted({f"{e.run.device}/{e.run.dtype}" for e in d.ref if delta_class(e.row, d.tol) == "better"})
+    untested = [x.upper() for x in ("mps", "cuda", "cpu") if not any(str(dv).startswith(x) for dv, _ in d.hardware)]
+    measured = [j for j in judge_kernels(d) if j.status != UNMEASURED]
+    return (f"effect seen on {', '.join(seen) or 'none'}; tested: {tested or 'none'}"
+            + (f"; not tested: {', '.join(untested)}" if untested else "")
+            + (f"; kernel error and causality probe measured for {listing(measured)}" if measured
+               else "; no dense kernel's numerics were measured"))
+
+
+def _meaning(d: Data, cause_key: str | None, hyps: dict) -> str:
+    if cause_key == "extrapolation":
+        return ("StreamingLLM does not predict better than dense attention within the model's trained context; it "
+                "only avoids positions the model never saw. The 'improvement' measures dense attention running past "
+                "max_position_embeddings. Compare against a baseline that stays within the trained context (lm-eval's "
+                "`hf` model scores long documents in trained-context windows), and present StreamingLLM as a way to "
+                "run past the context at constant memory, not as a better predictor.")
+    if cause_key == "numerical":
+        broken = [j for j in judge_kernels(d) if j.status == BROKEN]
+        return (f"The dense baseline is numerically unreliable through {listing(broken)} (measured: see the numerical "
+                "criterion), so its perplexity is not a valid reference there. Re-run the baseline with a kernel and "
+                "dtype whose kernel error and causality probe are clean before comparing; the streaming 'gain' is "
+                "the baseline's loss.")
+    if cause_key == "compression":
+        return ("Dropping the middle of the context acts like a regulariser for this model: a bounded cache of the "
+                "optimal size both saves memory and lowers perplexity. Tune the recent size per model.")
+    missing = sorted({c.name for h in hyps.values() if h.verdict == OPEN for c in h.undecided()})
+    return ("No practical conclusion yet: the data does not single out a cause."
+            + (f" Missing evidence: {'; '.join(missing)}." if missing else "")
+            + " Run the remaining configs (length past the trained context, several model sizes of one family, cache "
+              "sizes, devices/dtypes with kernel checks) and analyse all result files together.")
+
+
+CAUSES = {
+    "compression": "压缩改善预测 compression improves prediction",
+    "numerical": "数值稳定性 numerical stability (of the dense baseline)",
+    "extrapolation": ("其他 other: position extrapolation (位置外推) — dense attention is scored past the model's trained "
+                      "context, at positions it never saw; StreamingLLM's positions never exceed its cache size"),
 }
 
 
-def analyze(rows: list[dict], tolerance: float = TOLERANCE, recall_points=()) -> Analysis:
-    d = _Data(rows, tolerance)
-    phenomenon, reproduced = _phenomenon(d)
-    hyps = {"compression": _compression(d), "numerical": _numerical(d), "extrapolation": _extrapolation(d)}
+def analyze(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> Analysis:
+    """Judge the three hypotheses on typed runs (``records.load_runs``); recall points (``recall.load_recall_results``)
+    make the practical meaning cite the measured stop distances, or say that recall was not measured."""
+    from .recall import practical_meaning
+
+    d = Data(list(runs), tolerance)
+    text, reproduced = phenomenon(d)
+    hyps = {"compression": compression(d), "numerical": numerical(d), "extrapolation": extrapolation(d)}
     supported = [k for k, h in hyps.items() if h.verdict == SUPPORTED]
     ruled = [k for k, h in hyps.items() if h.verdict == RULED_OUT]
     open_ = [k for k, h in hyps.items() if h.verdict == OPEN]
@@ -96,44 +138,27 @@ def analyze(rows: list[dict], tolerance: float = TOLERANCE, recall_points=()) ->
     if not reproduced and not supported:
         cause = ("其他 other: no effect to explain — streaming is not significantly better than dense in this data, "
                  "so no cause can be assigned")
-    elif cause_key == "compression":
-        cause = "压缩改善预测 compression improves prediction"
-    elif cause_key == "numerical":
-        cause = "数值稳定性 numerical stability (of the dense baseline)"
-    elif cause_key == "extrapolation":
-        cause = ("其他 other: position extrapolation (位置外推) — dense attention is scored past the model's trained "
-                 "context, at positions it never saw; StreamingLLM's positions never exceed its cache size")
-    elif len(supported) > 1:
+    elif cause_key:
+        cause = CAUSES[cause_key]
+    elif supported:
         cause = "其他 other: undecided — the data fits " + " and ".join(hyps[k].label for k in supported)
     else:
         cause = ("其他 other: undecided — " + (f"ruled out: {', '.join(hyps[k].label for k in ruled)}; " if ruled else "")
                  + (f"not decidable from this data: {', '.join(hyps[k].label for k in open_)}" if open_ else ""))
-    evidence = []
-    for k in supported:
-        evidence += [f"{c.name}: {c.evidence}" for c in hyps[k].criteria if c.key and c.status == PASS]
-    for k in ruled:
-        evidence += [f"rules out {hyps[k].label}: {c.name} fails — {c.evidence}" for c in hyps[k].failed()[:2]]
-    summary_lines = []
-    for k, h in hyps.items():
+    evidence = [f"{c.name}: {c.evidence}" for k in supported for c in hyps[k].criteria if c.key and c.status == PASS]
+    evidence += [f"rules out {hyps[k].label}: {c.name} fails — {c.evidence}"
+                 for k in ruled for c in hyps[k].failed()[:2]]
+    summary = []
+    for h in hyps.values():
         line = f"- **{h.label}**: {h.verdict}" + (f" ({h.scope})" if h.scope else "")
         if h.verdict == RULED_OUT:
             line += " — fails: " + "; ".join(c.name for c in h.failed())
         elif h.verdict == OPEN:
             line += " — cannot decide: " + "; ".join(c.name for c in h.undecided())
-        summary_lines.append(line)
-    scope = _scope(d, cause_key)
-    meaning = MEANING.get(cause_key) if cause_key else None
-    if meaning is None:
-        missing = sorted({c.name for k in open_ for c in hyps[k].undecided()})
-        meaning = ("No practical conclusion yet: the data does not single out a cause."
-                   + (f" Missing evidence: {'; '.join(missing)}." if missing else "")
-                   + " Run the remaining configs (length past the trained context, several model sizes, cache sizes, "
-                     "devices/dtypes) and analyse all result files together.")
-    from .recall import practical_meaning
-
-    meaning += " " + practical_meaning(recall_points)  # measured recall, or "recall was not measured"
-    a = Analysis(rows=d.rows, hypotheses=hyps, phenomenon=phenomenon, cause=cause, scope=scope, meaning=meaning,
-                 summary="\n".join(summary_lines))
-    a.cause_evidence = evidence  # type: ignore[attr-defined]
-    a.cause_key = cause_key  # type: ignore[attr-defined]
-    return a
+        summary.append(line)
+    scope = {"model size": _size_scope(d), "sequence length": _length_scope(d, cause_key),
+             "hardware": _hardware_scope(d)}
+    meaning = _meaning(d, cause_key, hyps) + " " + practical_meaning(recall_points)
+    return Analysis(runs=d.runs, hypotheses=hyps, phenomenon=text, cause=cause, cause_key=cause_key,
+                    cause_evidence=evidence, scope=scope, meaning=meaning, summary="\n".join(summary),
+                    tolerance=tolerance)

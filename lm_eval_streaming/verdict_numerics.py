@@ -1,218 +1,254 @@
 """The numerical hypothesis, judged from *measured* numerics per device x dtype x attention kernel.
 
-A dense kernel is judged from what was measured on its rows (``benchmark`` records them):
+Each dense kernel is judged from what its rows measured (``benchmark`` records them):
 
-- the causality probe (max |dlogit| at positions <= p when the tokens after p change): a kernel that lets
-  a position see the future moves logits by O(0.1..10); float32 noise is about 1e-5, so > ``CAUSAL_TOL``
-  is a leak;
-- the kernel error (mean |dNLL| per token against the project's float32 reference kernel): above the
-  verdict's tolerance (the "no change" threshold for NLL differences) the kernel changes the very quantity
-  the comparison is about;
-- NaN/Inf counts of logits, token NLLs and the kernel error.
+- the causality probe (max |Δlogit| at positions <= p when the tokens after p change): above ``CAUSAL_TOL``
+  the kernel lets a position see the future;
+- the kernel error (mean |ΔNLL| per token against the float32 reference kernel): it bounds how far the kernel
+  moves the mean NLL, so it is compared with the streaming advantage it would have to explain, in the same
+  run (``KERNEL_SHARE`` of it; ``TOLERANCE``-sized when there is no advantage);
+- NaN/Inf counts of logits and token NLLs (and of the kernel error's tokens).
 
-``broken``: any of them fails. ``clean``: all three were measured and pass. Otherwise ``not measured``,
-naming what is missing: a field that was not measured is unknown, never clean.
+``broken``: any of them fails, named with its numbers. ``clean``: all three were measured and pass. Otherwise
+``not measured``, naming what is missing: a field that was not measured is unknown, never clean. The seed's
+indirect signs (only large models, growing with length, a bigger cache approaching dense) are reported beside
+the measurement, as information: the measurement decides.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .verdict_base import (Criterion, FAIL, HUGE_LOGIT, Hypothesis, PASS, UNDECIDED, _Data, _anomalous,
-                           _call_id, _effect, _f, _fin, _mean_delta, _nonfinite,
-                           _signed)
-from .verdict_criteria import _by_model_size, _cache_curves
+from .verdict_base import (CAUSAL_TOL, FAIL, HUGE_ATTN_SCORE, HUGE_LOGIT, KERNEL_SHARE, PASS, UNDECIDED, Criterion,
+                           Hypothesis, finite, fmt, signed)
+from .verdict_criteria import by_model_size, cache_curves
+from .verdict_data import LOGIT_COUNTS, Data, Scored, effect, logit_counts_measured, mean_delta, nonfinite
 
-CAUSAL_TOL = 1e-2  # max |dlogit|
-NONFINITE_COUNTS = ("nan_logits", "inf_logits", "nonfinite_tokens")
 BROKEN, CLEAN, UNMEASURED = "broken", "clean", "not measured"
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 @dataclass
 class KernelJudgement:
-    device: str
+    device: str  # device type: cpu, cuda, mps
     dtype: str
     kernel: str
     status: str  # BROKEN | CLEAN | UNMEASURED
     evidence: str
+    lengths: list[int]  # run lengths (tokens) where the kernel error or the probe was measured
 
 
-def _num(x) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
+def _device_type(device: str) -> str:
+    return str(device).split(":")[0]
 
 
-def _device_type(device) -> str:
-    return str(device or "?").split(":")[0]
+def advantage(d: Data, e: Scored) -> float | None:
+    """How much lower the run's reference streaming NLL is than this dense row's (nats/token, paired on the
+    run's samples); None without a streaming row. Deltas are recorded against the run's reference dense row,
+    so another dense kernel's gap is the difference of the two deltas."""
+    s = d.ref_of(e.run)
+    offset = 0.0 if e.row.delta_reference is None else e.row.delta_nll_vs_dense
+    if s is None or not finite(s.delta) or not finite(offset):
+        return None
+    return offset - s.delta
 
 
-def judge_kernel(rows: list[dict], tol: float) -> tuple[str, str]:
-    """(status, evidence) of one device/dtype/kernel from its dense rows."""
-    probes = [r["causality"] for r in rows if isinstance(r.get("causality"), dict)]
-    errors = [r["kernel_error"] for r in rows if isinstance(r.get("kernel_error"), dict)]
-    counts = [sum(int(_num(r.get(k))) for k in NONFINITE_COUNTS) for r in rows
-              if all(r.get(k) is not None for k in NONFINITE_COUNTS)]
-    parts, broken, missing = [], False, []
+def error_limit(adv: float | None, tol: float) -> tuple[float, str]:
+    if adv is not None and adv > tol:
+        return KERNEL_SHARE * adv, f"{KERNEL_SHARE:g} x the {adv:.3g} streaming advantage"
+    return tol, "the no-change tolerance: no streaming advantage to explain"
+
+
+def _tokens(lengths) -> str:
+    return ", ".join(map(str, sorted(set(lengths)))) + " tokens"
+
+
+def judge_kernel(d: Data, entries: list[Scored]) -> tuple[str, str, list[int]]:
+    """(status, evidence, measured lengths) of one device/dtype/kernel from its dense rows."""
+    parts, missing, broken = [], [], False
+    probes = [e for e in entries if e.row.causality is not None]
     if probes:
-        worst = max((_num(p.get("max_abs_dlogit_overall")) for p in probes), key=lambda v: (not math.isnan(v), v))
-        leak = math.isnan(worst) or worst > CAUSAL_TOL
+        e = max(probes, key=lambda e: (not finite(e.row.causality.max_abs_dlogit_overall),
+                                       e.row.causality.max_abs_dlogit_overall))
+        c = e.row.causality
+        worst = c.max_abs_dlogit_overall
+        at = next((p for p, v in zip(c.positions, c.max_abs_dlogit) if v == worst), None)
+        leak = not finite(worst) or worst > CAUSAL_TOL
         broken |= leak
-        parts.append(f"causality probe max |Δlogit| {worst:.2g}" + (" (leaks the future)" if leak else ""))
+        parts.append(f"causality probe max |Δlogit| {worst:.2g}" + (f" at p={at}" if leak and at is not None else "")
+                     + f" ({e.run.model_id}; probed at {_tokens(x.run.max_tokens for x in probes)}"
+                     + (f"; > {CAUSAL_TOL:g}: positions see the future)" if leak else ")"))
     else:
         missing.append("causality probe")
+    errors = []
+    for e in entries:
+        if e.row.kernel_error is not None:
+            limit, why = error_limit(advantage(d, e), d.tol)
+            errors.append((e.row.kernel_error, limit, why, e))
     if errors:
-        mean = max(_num(e.get("mean_abs_dnll")) for e in errors)
-        peak = max(_num(e.get("max_abs_dnll")) for e in errors)
-        bad = sum(int(_num(e.get("nonfinite") or 0)) for e in errors)
-        large = math.isnan(mean) or mean > tol or bad > 0
+        def badness(item):
+            ke, limit, _, _ = item
+            return (bool(ke.nonfinite) or not finite(ke.mean_abs_dnll), ke.mean_abs_dnll / limit)
+
+        ke, limit, why, e = max(errors, key=badness)
+        large = bool(ke.nonfinite) or not finite(ke.mean_abs_dnll) or ke.mean_abs_dnll > limit
         broken |= large
-        parts.append(f"kernel error mean |ΔNLL| {mean:.2g} (max {peak:.2g}) vs {errors[0].get('reference')}"
-                     + (f", {bad} non-finite" if bad else "") + (f" (> {tol})" if large else ""))
+        parts.append(f"kernel error mean |ΔNLL| {ke.mean_abs_dnll:.2g} (max {ke.max_abs_dnll:.2g}) vs {ke.reference} "
+                     f"({e.run.model_id}, {e.run.max_tokens} tokens): {'above' if large else 'within'} {limit:.3g} "
+                     f"({why})"
+                     + (f", {ke.nonfinite} non-finite tokens" if ke.nonfinite else ""))
     else:
         missing.append("kernel error")
-    if counts:
-        broken |= sum(counts) > 0
-        parts.append(f"{sum(counts)} NaN/Inf logits or token NLLs")
+    counted = [e for e in entries if logit_counts_measured(e.row)]
+    if counted:
+        total = sum(getattr(e.row, k) for e in counted for k in LOGIT_COUNTS)
+        broken |= total > 0
+        parts.append(f"{total} NaN/Inf logits or token NLLs in {len(counted)} row(s)")
     else:
         missing.append("NaN/Inf counts")
+    lengths = sorted({e.run.max_tokens for e in probes} | {e.run.max_tokens for *_, e in errors})
+    unmeasured = [e for e in entries if e.row.kernel_error is None and e.row.causality is None]
+    if lengths and unmeasured:
+        parts.append(f"no kernel error or probe in {len(unmeasured)} row(s) at "
+                     f"{_tokens(e.run.max_tokens for e in unmeasured)}")
     if broken:
-        return BROKEN, "; ".join(parts)
+        return BROKEN, "; ".join(parts), lengths
     if missing:
-        return UNMEASURED, "; ".join(parts + [f"not measured: {', '.join(missing)}"])
-    return CLEAN, "; ".join(parts)
+        return UNMEASURED, "; ".join(parts + [f"not measured: {', '.join(missing)}"]), lengths
+    return CLEAN, "; ".join(parts), lengths
 
 
-def judge_kernels(dense_rows: list[dict], tol: float) -> list[KernelJudgement]:
+def judge_kernels(d: Data) -> list[KernelJudgement]:
     groups = defaultdict(list)
-    for r in dense_rows:
-        groups[(_device_type(r.get("device")), str(r.get("dtype")), str(r.get("attn_implementation") or "?"))].append(r)
-    return [KernelJudgement(dev, dt, k, *judge_kernel(rows, tol)) for (dev, dt, k), rows in sorted(groups.items())]
+    for e in d.dense:
+        groups[(_device_type(e.run.device), e.run.dtype, e.row.attn_implementation or "unknown kernel")].append(e)
+    return [KernelJudgement(dev, dt, k, *judge_kernel(d, entries)) for (dev, dt, k), entries in sorted(groups.items())]
 
 
-def _listing(judgements: list[KernelJudgement]) -> str:
+def listing(judgements: list[KernelJudgement], with_lengths: bool = True) -> str:
+    """``cpu/float32 (eager, sdpa; 1000, 4000 tokens), cpu/float16 (sdpa; 1000 tokens)``."""
     by_hw = defaultdict(list)
     for j in judgements:
-        by_hw[f"{j.device}/{j.dtype}"].append(j.kernel)
-    return ", ".join(f"{hw} ({', '.join(ks)})" for hw, ks in by_hw.items())
+        by_hw[f"{j.device}/{j.dtype}"].append(j)
+    out = []
+    for hw, js in by_hw.items():
+        lengths = sorted({n for j in js for n in j.lengths})
+        out.append(f"{hw} ({', '.join(j.kernel for j in js)}" + (f"; {_tokens(lengths)})" if with_lengths and lengths
+                                                                 else ")"))
+    return ", ".join(out)
 
 
 def numerical_scope(judgements: list[KernelJudgement]) -> tuple[str, str, str]:
     """(status, evidence, scope): PASS when a measured kernel is broken (named, with numbers), FAIL when every
-    measured kernel is clean, "cannot decide" when nothing was measured; scope names what was measured where."""
+    measured kernel is clean, UNDECIDED when nothing was measured; scope names what was measured where."""
     broken = [j for j in judgements if j.status == BROKEN]
     clean = [j for j in judgements if j.status == CLEAN]
     unmeasured = [j for j in judgements if j.status == UNMEASURED]
-    untested = [d.upper() if d != "cpu" else "CPU" for d in DEVICE_TYPES
-                if not any(j.device == d and j.status != UNMEASURED for j in judgements)]
+    untested = [dev.upper() for dev in DEVICE_TYPES
+                if not any(j.device == dev and j.status != UNMEASURED for j in judgements)]
     notes = []
-    if clean:
-        notes.append(f"ruled out on {_listing(clean)}")
     if broken:
-        notes.append(f"supported for {_listing(broken)}")
+        notes.append(f"supported for {listing(broken)}")
+    if clean:
+        notes.append(f"ruled out on {listing(clean)}")
     if unmeasured:
-        notes.append(f"not measured (older rows without kernel error / probe) on {_listing(unmeasured)}")
+        notes.append(f"not measured for {listing(unmeasured, with_lengths=False)}")
     if untested:
         notes.append(f"not measured on {', '.join(untested)}: cannot decide there")
     scope = "; ".join(notes)
     detail = " | ".join(f"{j.device}/{j.dtype}/{j.kernel}: {j.status} ({j.evidence})" for j in judgements)
     if broken:
-        return "pass", f"{scope}. {detail}", scope
+        return PASS, f"{scope}. {detail}", scope
     if clean:
-        return "fail", f"{scope}. {detail}", scope
-    return "cannot decide", f"no dense row has a kernel error, causality probe and NaN/Inf counts. {detail}", scope
+        return FAIL, f"{scope}. {detail}", scope
+    return UNDECIDED, f"no dense kernel has a kernel error, a causality probe and NaN/Inf counts. {detail}", scope
 
 
-# ---- numerical problem
-def _numerical(d: _Data) -> Hypothesis:
+# ------------------------------------------------------------------ the hypothesis
+def numerical(d: Data) -> Hypothesis:
     h = Hypothesis("numerical", "数值稳定性 numerical stability of the dense baseline")
-    tol = d.tol
-    status, evidence, scope = numerical_scope(judge_kernels(d.dense, tol))
-    h.criteria.append(Criterion("measured kernel error, causality probe and NaN/Inf of the dense kernels", status,
+    status, evidence, scope = numerical_scope(judge_kernels(d))
+    h.criteria.append(Criterion("measured kernel error, causality probe and NaN/Inf of each dense kernel", status,
                                 evidence, key=True))
     h.scope = scope
-    rows = [r for r in d.dense if r.get("max_abs_logit") is not None]
-    if rows:
-        worst = max(rows, key=lambda r: _num(r.get("max_abs_logit")))
-        scores = [_num(r.get("max_abs_attn_score")) for r in rows if r.get("max_abs_attn_score") is not None]
-        h.criteria.append(Criterion(
-            "logit and attention-score magnitudes (informational)", PASS if _anomalous(worst) else FAIL,
-            f"max |logit| {_f(worst.get('max_abs_logit'), 1)} over {len(rows)} dense rows (huge means > {HUGE_LOGIT:g}); "
-            + (f"max |attention score| {_f(max(scores), 1)} where the project's kernel ran"
-               if scores else "attention scores not measured (they are observable only in the project's kernel)"),
-            required=False))
+    h.criteria.append(_magnitudes(d))
+    indirect = (by_model_size(d, only_large=True), _grows_with_length(d), _bigger_cache_approaches(d),
+                _absent_on_cuda(d))
+    for c in indirect:
+        c.required = False  # the seed's indirect signs: the measurement above decides
+        h.criteria.append(c)
+    return h
 
-    # N2: only in large models.
-    h.criteria.append(_by_model_size(d, only_large=True))
 
-    # N3: growing with length.
-    groups = defaultdict(list)
-    for r in d.ref:
-        groups[(r.get("model_id"), r.get("device"), r.get("dtype"), r.get("start_size"), r.get("recent_size"))].append(r)
+def _magnitudes(d: Data) -> Criterion:
+    name = "logit and attention-score magnitudes"
+    logits = [e for e in d.dense if e.row.max_abs_logit is not None]
+    scores = [e.row.max_abs_attn_score for e in d.dense if e.row.max_abs_attn_score is not None]
+    if not logits:
+        return Criterion(name, UNDECIDED, "max |logit| not measured", required=False)
+    worst = max(logits, key=lambda e: e.row.max_abs_logit)
+    huge = worst.row.max_abs_logit > HUGE_LOGIT or any(s > HUGE_ATTN_SCORE for s in scores)
+    return Criterion(
+        name, PASS if huge else FAIL,
+        f"max |logit| {fmt(worst.row.max_abs_logit, 1)} over {len(logits)} dense rows (huge means > {HUGE_LOGIT:g}); "
+        + (f"max |attention score| {fmt(max(scores), 1)} where it was observable (huge means > {HUGE_ATTN_SCORE:g})"
+           if scores else "attention scores not measured (observable only in the project's kernel)"),
+        required=False)
+
+
+def _grows_with_length(d: Data) -> Criterion:
+    name = "the effect grows with sequence length"
+    groups = defaultdict(lambda: defaultdict(list))
+    for e in d.ref:
+        r = e.run
+        groups[(r.model_id, r.device, r.dtype, e.row.start_size, e.row.recent_size)][r.max_tokens].append(e)
     growth, flat = [], []
-    for key, rs in groups.items():
-        by_len = defaultdict(list)
-        for r in rs:
-            by_len[r.get("max_tokens")].append(r)
+    for key, by_len in groups.items():
         if len(by_len) < 2:
             continue
         lens = sorted(by_len)
-        adv = [-_mean_delta(by_len[L]) for L in lens]
-        dense_bad = []
-        for L in lens:
-            ds = [d.calls[_call_id(r)]["dense"] for r in by_len[L]]
-            dense_bad.append(sum(_nonfinite(x) for x in ds if x))
-        if any(_fin(a) and a > tol for a in adv) or any(dense_bad):  # where there is an effect to grow
-            growth.append((key, lens, adv, dense_bad))
+        adv = [-mean_delta(by_len[n]) for n in lens]
+        bad = [sum(nonfinite(d.dense_of(e.run)) or 0 for e in by_len[n] if d.dense_of(e.run)) for n in lens]
+        if any(finite(a) and a > d.tol for a in adv) or any(bad):  # an effect that could grow
+            growth.append((key, lens, adv, bad))
         else:
             flat.append(key)
-    if not growth and flat:
-        h.criteria.append(Criterion("the effect grows with sequence length", FAIL,
-                                    f"no advantage over dense and no non-finite values at any length in "
-                                    f"{len(flat)} setting(s) with several lengths"))
-    elif not growth:
-        h.criteria.append(Criterion("the effect grows with sequence length", UNDECIDED,
-                                    f"only one length per setting (lengths: {', '.join(map(str, d.lengths)) or 'none'})"))
-    else:
-        grows, parts = [], []
-        for key, lens, adv, bad in growth:
-            g_adv = _fin(adv[-1]) and _fin(adv[0]) and adv[-1] - adv[0] > tol
-            g_bad = bad[-1] > bad[0] and all(b2 >= b1 for b1, b2 in zip(bad, bad[1:]))
-            grows.append(g_adv or g_bad)
-            parts.append(f"{key[0]} {key[1]}/{key[2]}: advantage (-ΔNLL) "
-                         + ", ".join(f"{L}: {_signed(a)}" for L, a in zip(lens, adv))
-                         + ("; dense non-finite " + ", ".join(f"{L}: {b}" for L, b in zip(lens, bad)) if any(bad) else ""))
-        h.criteria.append(Criterion("the effect grows with sequence length", PASS if all(grows) else FAIL,
-                                    "; ".join(parts)))
+    if not growth:
+        if flat:
+            return Criterion(name, FAIL, f"no advantage over dense and no measured non-finite values at any length "
+                                         f"in {len(flat)} setting(s) with several lengths")
+        return Criterion(name, UNDECIDED, f"only one length per setting (lengths: "
+                                          f"{', '.join(map(str, d.lengths)) or 'none'})")
+    grows, parts = [], []
+    for key, lens, adv, bad in growth:
+        grows.append((finite(adv[-1]) and finite(adv[0]) and adv[-1] - adv[0] > d.tol)
+                     or (bad[-1] > bad[0] and all(b2 >= b1 for b1, b2 in zip(bad, bad[1:]))))
+        parts.append(f"{key[0]} {key[1]}/{key[2]}: advantage (-ΔNLL) "
+                     + ", ".join(f"{n}: {signed(a)}" for n, a in zip(lens, adv))
+                     + ("; dense non-finite " + ", ".join(f"{n}: {b}" for n, b in zip(lens, bad)) if any(bad) else ""))
+    return Criterion(name, PASS if all(grows) else FAIL, "; ".join(parts))
 
-    # N4: a bigger cache approaches the baseline.
-    curves = _cache_curves(d)
+
+def _bigger_cache_approaches(d: Data) -> Criterion:
+    name = "a bigger cache approaches the dense baseline"
+    curves = cache_curves(d)
     if not curves:
-        h.criteria.append(Criterion("a bigger cache approaches the dense baseline", UNDECIDED,
-                                    "fewer than 2 recent sizes per setting"))
-    else:
-        oks, parts = [], []
-        for key, pts in curves:
-            absd = [abs(_num(r.get("delta_nll_vs_dense"))) for _, r in pts]
-            ok = absd[-1] < absd[0] and all(b <= a + tol / 2 for a, b in zip(absd, absd[1:]))
-            oks.append(ok)
-            parts.append(f"{key[0]} len={key[1]}: |ΔNLL| by recent size "
-                         + ", ".join(f"{rc}: {_f(a)}" for (rc, _), a in zip(pts, absd)))
-        h.criteria.append(Criterion("a bigger cache approaches the dense baseline", PASS if all(oks) else FAIL,
-                                    "; ".join(parts)))
+        return Criterion(name, UNDECIDED, "fewer than 2 recent sizes per setting")
+    oks, parts = [], []
+    for key, pts in curves:
+        absd = [abs(e.delta) for _, e in pts]
+        oks.append(absd[-1] < absd[0] and all(b <= a + d.tol / 2 for a, b in zip(absd, absd[1:])))
+        parts.append(f"{key[0]} {key[1]} tokens: |ΔNLL| by recent size "
+                     + ", ".join(f"{rc}: {fmt(a)}" for (rc, _), a in zip(pts, absd)))
+    return Criterion(name, PASS if all(oks) else FAIL, "; ".join(parts))
 
-    # N5 (informational): absent on CUDA.
-    cuda = [r for r in d.ref if str(r.get("device", "")).startswith("cuda")]
-    other = [r for r in d.ref if r.get("device") and not str(r.get("device")).startswith("cuda")]
-    if cuda and other:
-        ev = (f"mean ΔNLL on CUDA {_signed(_mean_delta(cuda))} vs elsewhere {_signed(_mean_delta(other))}; "
-              f"dense rows anomalous on CUDA: {sum(_anomalous(r) for r in d.dense if str(r.get('device', '')).startswith('cuda'))}")
-        status = PASS if _effect(cuda, tol) != "effect" and _effect(other, tol) == "effect" else FAIL
-    else:
-        ev, status = "needs rows on CUDA and on another device", UNDECIDED
-    h.criteria.append(Criterion("possibly absent on CUDA (optional)", status, ev, required=False))
-    return h
+
+def _absent_on_cuda(d: Data) -> Criterion:
+    name = "possibly absent on CUDA"
+    cuda = [e for e in d.ref if _device_type(e.run.device) == "cuda"]
+    other = [e for e in d.ref if _device_type(e.run.device) != "cuda"]
+    if not (cuda and other):
+        return Criterion(name, UNDECIDED, "needs streaming rows on CUDA and on another device")
+    return Criterion(name, PASS if effect(cuda, d.tol) != "effect" and effect(other, d.tol) == "effect" else FAIL,
+                     f"mean ΔNLL on CUDA {signed(mean_delta(cuda))} vs elsewhere {signed(mean_delta(other))}")
