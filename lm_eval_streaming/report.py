@@ -11,8 +11,14 @@ from .verdict_base import (CAUSAL_TOL, HUGE_ATTN_SCORE, HUGE_LOGIT, HW_TOLERANCE
                            signed)
 from .verdict_data import Scored, nonfinite
 
-COLUMNS = ("model", "device", "dtype", "tokens", "method", "kernel", "ppl", "acc", "ΔNLL [CI]", "Δacc", "vs dense",
+COLUMNS = ("run", "samples", "model", "device", "dtype", "tokens", "method", "kernel", "ppl", "acc", "ΔNLL [CI]", "Δacc",
+           "vs dense",
            "kernel error (mean)", "probe max abs Δlogit", "non-finite", "max abs logit")
+
+
+def run_name(run) -> str:
+    """Which run a row comes from: its experiment, or its result file."""
+    return run.experiment or (PurePath(run.source).name if run.source else "n/a")
 
 
 def figure_link(path: str) -> str:
@@ -24,7 +30,7 @@ def figure_link(path: str) -> str:
 def _cells(e: Scored) -> list[str]:
     run, row = e.run, e.row
     ke, probe, bad = row.kernel_error, row.causality, nonfinite(row)
-    return [run.model_id, run.device, run.dtype, str(run.max_tokens), row.label(),
+    return [run_name(run), str(run.num_samples), run.model_id, run.device, run.dtype, str(run.max_tokens), row.label(),
             row.attn_implementation or "n/a", fmt(row.ppl, 2), fmt(row.acc, 4),
             "" if row.delta_nll_vs_dense is None else signed(row.delta_nll_vs_dense) + interval(row.delta_nll_ci),
             "" if row.delta_acc_vs_dense is None else signed(row.delta_acc_vs_dense, 4),
@@ -36,7 +42,8 @@ def _cells(e: Scored) -> list[str]:
 
 def _table(a: Analysis) -> str:
     entries = [Scored(run, row) for run in a.runs for row in run.rows]
-    entries.sort(key=lambda e: (e.run.model_id, e.run.device, e.run.dtype, e.run.max_tokens, not e.row.is_dense,
+    entries.sort(key=lambda e: (e.run.model_id, e.run.device, e.run.dtype, e.run.max_tokens, run_name(e.run),
+                                not e.row.is_dense,
                                 e.row.method, e.row.recent_size or 0, e.row.attn_implementation or ""))
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(e)) + " |" for e in entries]
