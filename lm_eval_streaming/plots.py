@@ -163,14 +163,20 @@ def ppl_vs_cache(runs: list[Run], outdir: Path) -> list[Path]:
 
 
 def nll_vs_position(runs: list[Run], outdir: Path) -> list[Path]:
-    """NLL by position (``nll_curve``) per row at the longest length of each model/device/dtype."""
+    """NLL by position (``nll_curve``) per row at the longest length of each model/device/dtype, from the runs of
+    one way of building samples (the one with the most rows there), so every line shows the same tokens."""
     paths = []
     curved = [r for r in runs if any(row.nll_curve for row in r.rows)]
     for (model, device, dtype), rs in _by(curved, "model_id", "device", "dtype").items():
         longest = max(r.max_tokens for r in rs)
         fig, ax = _new_figure(8.0, 4.8)
+        by_spec = defaultdict(list)
+        for r in rs:
+            if r.max_tokens == longest:
+                by_spec[r.sample_spec or ""].append(r)
+        chosen = max(by_spec.values(), key=lambda group: sum(len(r.rows) for r in group))
         rows = {}  # the same setting in two runs of this length: drawn once
-        for row in (row for r in rs if r.max_tokens == longest for row in r.rows if row.nll_curve):
+        for row in (row for r in chosen for row in r.rows if row.nll_curve):
             rows.setdefault(_label(row), row)
         for label, row in sorted(rows.items(), key=lambda t: (not t[1].is_dense, t[0])):
             pts = [(x, v) for x, v in zip(row.nll_curve.centers(), row.nll_curve.nll) if _finite(v)]
