@@ -24,6 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .records import Row, Run
+from .verdict_data import kernel_name
 
 # dense lines are grey and broken, one look per kernel; methods get the colour cycle
 DENSE_STYLES = [{"color": c, "linestyle": ls, "linewidth": 1.6}
@@ -85,7 +86,7 @@ def _mean(values) -> float:
 def _label(row: Row) -> str:
     """Legend label: dense per kernel (several dense kernels per run), streaming methods by cache size."""
     if row.is_dense:
-        return f"dense ({row.attn_implementation or 'kernel not recorded'})"
+        return f"dense ({kernel_name(row)})"
     return f"{row.method} ({row.start_size}+{row.recent_size})"
 
 

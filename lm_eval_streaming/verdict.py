@@ -8,13 +8,13 @@ from collections import defaultdict
 from .records import Run
 from .verdict_base import (OPEN, PASS, RULED_OUT, SUPPORTED, TOLERANCE, Analysis, fmt, interval, signed)
 from .verdict_compression import compression
-from .verdict_data import Data, delta_class, effect, family_of, size_label
+from .verdict_data import Data, delta_class, effect, family_of, kernel_name, size_label
 from .verdict_extrapolation import extrapolation
 from .verdict_numerics import BROKEN, UNMEASURED, judge_kernels, listing, numerical
 
 
 def _dense_kernels(d: Data, runs) -> str:
-    kernels = sorted({(d.dense_of(r).attn_implementation or "kernel not recorded") for r in runs if d.dense_of(r)})
+    kernels = sorted({kernel_name(d.dense_of(r)) for r in runs if d.dense_of(r)})
     return ", ".join(kernels) or "none"
 
 
@@ -81,7 +81,7 @@ def _length_scope(d: Data, cause_key: str | None) -> str:
 def _hardware_scope(d: Data) -> str:
     per_hw = defaultdict(set)
     for e in d.dense:
-        per_hw[(e.run.device, e.run.dtype)].add(e.row.attn_implementation or "kernel not recorded")
+        per_hw[(e.run.device, e.run.dtype)].add(kernel_name(e.row))
     tested = "; ".join(f"{dv}/{dt} (dense through {', '.join(sorted(ks))})" for (dv, dt), ks in sorted(per_hw.items()))
     seen = sorted({f"{e.run.device}/{e.run.dtype}" for e in d.ref if delta_class(e.row, d.tol) == "better"})
     untested = [x.upper() for x in ("mps", "cuda", "cpu") if not any(str(dv).startswith(x) for dv, _ in d.hardware)]

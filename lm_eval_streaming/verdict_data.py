@@ -72,6 +72,10 @@ def relative_length(run: Run):
 
 
 # ------------------------------------------------------------------ per-row quantities
+def kernel_name(row: Row) -> str:
+    return row.attn_implementation or "kernel not recorded"
+
+
 def delta_class(row: Row, tol: float) -> str:
     """'better' (streaming significantly lower NLL), 'worse', 'tie' or 'unknown'."""
     d, ci = row.delta_nll_vs_dense, row.delta_nll_ci

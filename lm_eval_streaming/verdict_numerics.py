@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from .verdict_base import (CAUSAL_TOL, FAIL, HUGE_ATTN_SCORE, HUGE_LOGIT, KERNEL_SHARE, PASS, UNDECIDED, Criterion,
                            Hypothesis, finite, fmt, signed)
 from .verdict_criteria import by_model_size, cache_curves
-from .verdict_data import LOGIT_COUNTS, Data, Scored, effect, logit_counts_measured, mean_delta, nonfinite
+from .verdict_data import (LOGIT_COUNTS, Data, Scored, effect, kernel_name, logit_counts_measured, mean_delta,
+                           nonfinite)
 
 BROKEN, CLEAN, UNMEASURED = "broken", "clean", "not measured"
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -122,7 +123,7 @@ def judge_kernel(d: Data, entries: list[Scored]) -> tuple[str, str, list[int]]:
 def judge_kernels(d: Data) -> list[KernelJudgement]:
     groups = defaultdict(list)
     for e in d.dense:
-        groups[(_device_type(e.run.device), e.run.dtype, e.row.attn_implementation or "unknown kernel")].append(e)
+        groups[(_device_type(e.run.device), e.run.dtype, kernel_name(e.row))].append(e)
     return [KernelJudgement(dev, dt, k, *judge_kernel(d, entries)) for (dev, dt, k), entries in sorted(groups.items())]
 
 
