@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AttentionInterface
 
+from .options import REFERENCE_KERNEL
 from .policy import CachePolicy
-
-# The project's kernel: float32 softmax, the reference that other kernels are measured against.
-REFERENCE_KERNEL = ATTN_IMPLEMENTATION = "lm_eval_streaming"
 
 # rope types whose angle is linear in the position, so rotations compose.
 LINEAR_ROPE_TYPES = ("default", "linear", "llama3")
@@ -140,8 +138,3 @@ def attention_kernel(model, name: str | None):
         yield model
     finally:
         model.set_attn_implementation(previous)
-
-
-def streaming_attention(model):
-    """``with streaming_attention(model):`` the model runs the project's kernel (the streaming methods)."""
-    return attention_kernel(model, REFERENCE_KERNEL)

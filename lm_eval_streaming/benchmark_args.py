@@ -7,11 +7,10 @@ function, so a value the benchmark would refuse is refused at config validation.
 from __future__ import annotations
 
 from .model_loading import check_model_id
-from .options import (DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, StreamingArgError, as_int,
-                      check_device_name, check_dtype, int_list)
+from .options import (DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, REFERENCE_KERNEL, StreamingArgError,
+                      as_int, check_device_name, check_dtype, int_list)
 
 MODEL_DEFAULT_KERNEL = "default"  # in --dense_attn: the model's own attention implementation, as loaded
-REFERENCE_KERNEL = "lm_eval_streaming"  # = attention.REFERENCE_KERNEL: the project's float32-softmax kernel
 DEFAULT_DENSE_ATTN = (MODEL_DEFAULT_KERNEL, REFERENCE_KERNEL)
 
 DEFAULTS = {

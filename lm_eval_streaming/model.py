@@ -53,9 +53,7 @@ def _check_unknown_args(kwargs: dict) -> None:
 def _check_local_checkpoint(pretrained: str, tokenizer) -> None:
     """Name the problem with a local path before lm-eval / transformers fail deeper down (the checks that
     benchmark and experiment run too; with tokenizer= given, the checkpoint needs no tokenizer files)."""
-    if tokenizer is None:
-        check_model_id(pretrained, arg="pretrained")
-    elif not os.path.isdir(os.path.expanduser(pretrained)):
+    if tokenizer is None or not os.path.isdir(os.path.expanduser(pretrained)):
         check_model_id(pretrained, arg="pretrained")  # a hub id passes; a missing path is refused
 
 

@@ -18,9 +18,9 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import UserError
+from .options import REFERENCE_KERNEL
 
 SCHEMA = "lm_eval_streaming.run/2"
-REFERENCE_KERNEL = "lm_eval_streaming"  # = attention.REFERENCE_KERNEL (no torch import here)
 
 
 class RecordError(UserError, ValueError):
