@@ -12,30 +12,32 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from lm_eval_streaming.errors import run_handler
 
-# subcommand modules, each with add_parser(subparsers) and run(args)
-COMMANDS = ("benchmark", "speed", "experiment", "analysis", "plots", "leaderboard", "recall", "default_model")
-# subcommand names that are not their module's name
-MODULE_OF = {"analyze": "analysis", "plot": "plots", "recall-report": "recall", "prepare-model": "default_model"}
+# subcommand name -> its module (each with add_parser(subparsers) and run(args)); imported only when named
+COMMANDS = {
+    "benchmark": "benchmark.command",
+    "speed": "benchmark.speed",
+    "experiment": "experiment.runner",
+    "analyze": "analysis.command",
+    "plot": "analysis.figures",
+    "leaderboard": "leaderboard.command",
+    "recall-report": "analysis.recall_report",
+    "prepare-model": "default_model.cli",
+}
 
-FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
-
-def _requested_module(argv: list[str]) -> str | None:
-    """The module of the subcommand named in ``argv``, if it is one of ours."""
+def _requested(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv``, if it is one of ours."""
     name = next((a for a in argv if not a.startswith("-")), None)
-    if name is None:
-        return None
-    module = MODULE_OF.get(name, name.replace("-", "_"))
-    return module if module in COMMANDS else None
+    return name if name in COMMANDS else None
 
 
-def build_parser(modules=COMMANDS) -> argparse.ArgumentParser:
+def build_parser(names=tuple(COMMANDS)) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lm-eval-streaming", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in modules:
-        module = importlib.import_module(f"lm_eval_streaming.{name}")
+    for name in names:
+        module = importlib.import_module(f"lm_eval_streaming.{COMMANDS[name]}")
         module.add_parser(sub).set_defaults(handler=module.run)
     return parser
 
@@ -44,26 +46,11 @@ def _subparsers(parser: argparse.ArgumentParser):
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.filename is not None:
-        return f"{exc.filename}: {exc.strerror or exc}"
-    return str(exc)
-
-
-def run_handler(prog: str, handler, args) -> int:
-    """``handler(args)``, with user errors turned into one line on stderr and exit code 2."""
-    try:
-        return handler(args) or 0
-    except (UserError, *FILE_ERRORS) as exc:
-        print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
-        return 2
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Import only the named subcommand's module (some import torch); all of them for --help or a typo.
-    module = _requested_module(argv)
-    parser = build_parser((module,) if module else COMMANDS)
+    name = _requested(argv)
+    parser = build_parser((name,) if name else tuple(COMMANDS))
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the subcommand's parser, so the message names the subcommand like every other
         _subparsers(parser).choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")

@@ -29,3 +29,22 @@ def install_excepthook() -> None:
 
     hook._lm_eval_streaming = True
     sys.excepthook = hook
+
+
+FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def run_handler(prog: str, handler, args) -> int:
+    """``handler(args)``, with user errors (and a named file that is missing or unreadable) turned into one line
+    ``<prog>: error: <message>`` on stderr and exit code 2; anything else is a bug and keeps its traceback."""
+    try:
+        return handler(args) or 0
+    except (UserError, *FILE_ERRORS) as exc:
+        print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
+        return 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 
-from .errors import UserError
+from lm_eval_streaming.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 
 import sys
 
-from lm_eval_streaming.benchmark import main
+from lm_eval_streaming.benchmark.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

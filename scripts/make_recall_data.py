@@ -34,7 +34,7 @@ for path in (REPO, REPO / "scripts"):
 
 import make_task_data as ppl  # noqa: E402
 
-from lm_eval_streaming.recall_data import (  # noqa: E402
+from lm_eval_streaming.harness.recall_data import (  # noqa: E402
     DISTANCES,
     DOCS_PER_DISTANCE,
     NEEDLE,
@@ -45,7 +45,7 @@ from lm_eval_streaming.recall_data import (  # noqa: E402
     recall_between,
     recall_pieces,
 )
-from lm_eval_streaming.textcut import NoExactCutError, count_tokens, cut_to_n_tokens, load_pythia_tokenizer  # noqa: E402
+from lm_eval_streaming.harness.textcut import NoExactCutError, count_tokens, cut_to_n_tokens, load_pythia_tokenizer  # noqa: E402
 
 SEED = "streaming_recall-v1"
 # Fillers are stored this long (Pythia tokens): the longest distance plus room.
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
         write_jsonl(args.passkey_out / f"streaming_passkey_{d}.jsonl",
                     [passkey_row(i, d, fillers[i], tokenizer) for i in range(DOCS_PER_DISTANCE)])
         print(f"D={d}: {DOCS_PER_DISTANCE} recall and passkey documents", file=sys.stderr)
-    from lm_eval_streaming.recall_data import PASSKEY_FIELDS, RECALL_FIELDS
+    from lm_eval_streaming.harness.recall_data import PASSKEY_FIELDS, RECALL_FIELDS
 
     dist = ", ".join(map(str, DISTANCES))
     (args.out / "LICENSE.md").write_text(licence("streaming_recall", RECALL_WHAT.format(

@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from lm_eval_streaming.task_data import LENGTHS  # noqa: E402
-from lm_eval_streaming.textcut import (  # noqa: E402
+from lm_eval_streaming.harness.task_data import LENGTHS  # noqa: E402
+from lm_eval_streaming.harness.textcut import (  # noqa: E402
     count_tokens,
     cut_lengths,
     load_pythia_tokenizer,

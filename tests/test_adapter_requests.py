@@ -12,7 +12,7 @@ import pytest
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from lm_eval_streaming.model import StreamingHFLM
+from lm_eval_streaming.harness.model import StreamingHFLM
 
 TEXT = "the king and the queen walk to the old castle by the river where a cold wind blows over the hills "
 
@@ -78,7 +78,7 @@ def test_batch_size_auto_batches_and_gives_the_same_numbers(tiny_model_dirs):
 
 
 def test_bad_batch_size_is_refused_before_loading():
-    from lm_eval_streaming.policy import StreamingArgError
+    from lm_eval_streaming.options import StreamingArgError
 
     with pytest.raises(StreamingArgError, match="batch_size='big'"):
         StreamingHFLM(pretrained="/nonexistent/never/loaded", batch_size="big")

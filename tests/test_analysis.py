@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from synthetic_runs import make_run
 
-from lm_eval_streaming import plots
+from lm_eval_streaming.analysis import figures as plots
 from lm_eval_streaming.records import CausalityStats, KernelErrorStats
-from lm_eval_streaming.report import render_report
-from lm_eval_streaming.verdict import analyze
-from lm_eval_streaming.verdict_base import FAIL, PASS, RULED_OUT, SUPPORTED, UNDECIDED
-from lm_eval_streaming.verdict_data import model_params
+from lm_eval_streaming.analysis.report import render_report
+from lm_eval_streaming.analysis.verdict import analyze
+from lm_eval_streaming.analysis.base import FAIL, PASS, RULED_OUT, SUPPORTED, UNDECIDED
+from lm_eval_streaming.analysis.data import model_params
 
 
 # ----------------------------------------------------------------- scenarios

@@ -16,7 +16,7 @@ from conftest import load_tokenizer
 
 from lm_eval_streaming.options import StreamingArgError
 from lm_eval_streaming.records import load_runs
-from lm_eval_streaming.samples import load_samples
+from lm_eval_streaming.benchmark.samples import load_samples
 
 
 def bench_cli(*args, timeout=600):
@@ -91,7 +91,7 @@ def test_a_broken_kernel_is_flagged_in_its_row(tiny_model_dirs):
     from test_kernels import leaky_kernel, noisy_kernel  # noqa: F401  (registers test_leaky / test_noisy)
     from transformers import AutoModelForCausalLM
 
-    from lm_eval_streaming.benchmark import run_benchmark
+    from lm_eval_streaming.benchmark.command import run_benchmark
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]).eval()
     run = run_benchmark(str(tiny_model_dirs["llama"]), methods=[], max_tokens=120, num_samples=2, num_warmup=0,
@@ -164,7 +164,7 @@ def _find(haystack: list[int], needle: list[int]) -> list[int]:
 @pytest.mark.parametrize("max_tokens, num_samples", [(2000, 25), (30000, 3)])
 def test_samples_are_distinct_disjoint_windows(max_tokens, num_samples):
     """More samples than documents: disjoint windows, located by brute force in the joined corpus."""
-    from lm_eval_streaming.samples import corpus_file
+    from lm_eval_streaming.benchmark.samples import corpus_file
 
     tok = load_tokenizer()
     docs = [tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"]
@@ -189,8 +189,8 @@ def test_too_many_samples_are_refused_with_the_count_that_fits():
 def test_an_unscored_row_is_an_error_not_a_number(monkeypatch):
     from conftest import make_model
 
-    from lm_eval_streaming import benchmark_rows
-    from lm_eval_streaming.policy import baseline_policy
+    from lm_eval_streaming.benchmark import rows as benchmark_rows
+    from lm_eval_streaming.core.methods import baseline_policy
 
     monkeypatch.setattr(benchmark_rows, "score_sequences", lambda *a, **k: [])
     with pytest.raises(RuntimeError, match="scored 0 of 9 tokens"):

@@ -16,8 +16,8 @@ import torch
 from conftest import make_model
 from transformers import DynamicCache
 
-from lm_eval_streaming.policy import policy_for
-from lm_eval_streaming.scoring import score_sequences
+from lm_eval_streaming.core.methods import policy_for
+from lm_eval_streaming.core.scoring import score_sequences
 
 ARCHS = ("gpt_neox", "llama")
 VOCAB = 1000  # small: these tests need no tokenizer

@@ -165,7 +165,7 @@ def test_keys_cover_defaults_and_sample_version(monkeypatch):
     for change in ({"chunk_size": 256}, {"kernel_error": False}, {"dense_attn": ["sdpa"]}, {"num_warmup": 0}):
         other = ex.expand_cells(ex.validate_config({**BASE, **change}, "c.yaml"))[0]
         assert ex.cell_key(other) != ex.cell_key(implicit), change
-    from lm_eval_streaming import samples
+    from lm_eval_streaming.benchmark import samples
 
     before = ex.cell_key(implicit)
     monkeypatch.setattr(samples, "SAMPLES_VERSION", "other/2")
@@ -230,8 +230,8 @@ def test_stored_runs_carry_cell_and_key(tmp_path):
     assert {r.cell_key for r in runs} == {ex.cell_key(c) for c in ex.expand_cells(config)}
     run = runs[0]
     assert run.experiment == "t" and run.cell["methods"] == ["streaming_llm", "window"] and run.finished_at
-    flat = ex.load_results([out])  # the transitional flat view
-    assert len(flat) == 6 * 3 and flat[1]["recent_sizes"] == [flat[1]["recent_size"]]
+    rows = [(r, row) for r in runs for row in r.rows]  # each row with the cell it came from
+    assert len(rows) == 6 * 3 and rows[1][0].cell["recent_sizes"] == [rows[1][1].recent_size]
 
 
 def test_cli_end_to_end_with_injected_benchmark(tmp_path, monkeypatch, capsys):
@@ -270,11 +270,11 @@ def test_real_path_loads_each_model_once(tmp_path, monkeypatch):
         calls.append(cell["max_tokens"])
         return FakeBenchmark()(**cell)
 
-    import lm_eval_streaming
+    import lm_eval_streaming.benchmark
 
     fake = types.SimpleNamespace(run_benchmark=run_benchmark, load_model=load_model)
-    monkeypatch.setitem(sys.modules, "lm_eval_streaming.benchmark", fake)
-    monkeypatch.setattr(lm_eval_streaming, "benchmark", fake, raising=False)  # `from pkg import benchmark`
+    monkeypatch.setitem(sys.modules, "lm_eval_streaming.benchmark.command", fake)
+    monkeypatch.setattr(lm_eval_streaming.benchmark, "command", fake, raising=False)  # `from pkg import command`
     data = {**BASE, "grid": {"max_tokens": [100, 200], "dtype": ["float32", "bfloat16"]}}
     del data["dtype"]
     ex.run_experiment(ex.validate_config(data, "mem.yaml"), tmp_path / "r.jsonl", **QUIET)

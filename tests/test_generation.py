@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from conftest import make_model
 
-from lm_eval_streaming.generation import generate
-from lm_eval_streaming.policy import policy_for
-from lm_eval_streaming.scoring import Diagnostics
+from lm_eval_streaming.core.generation import generate
+from lm_eval_streaming.core.methods import policy_for
+from lm_eval_streaming.core.scoring import Diagnostics
 
 
 def test_cache_memory_is_constant_as_generated_text_grows():

@@ -11,11 +11,12 @@ from conftest import make_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AttentionInterface
 
-from lm_eval_streaming.attention import REFERENCE_KERNEL, attention_kernel
-from lm_eval_streaming.generation import generate
-from lm_eval_streaming.kernel_checks import causality_probe, kernel_error
-from lm_eval_streaming.policy import StreamingArgError, policy_for
-from lm_eval_streaming.scoring import score_sequences
+from lm_eval_streaming.core.attention import REFERENCE_KERNEL, attention_kernel
+from lm_eval_streaming.core.generation import generate
+from lm_eval_streaming.core.kernel_checks import causality_probe, kernel_error
+from lm_eval_streaming.options import StreamingArgError
+from lm_eval_streaming.core.methods import policy_for
+from lm_eval_streaming.core.scoring import score_sequences
 
 VOCAB = 1000
 ARCHS = ("gpt_neox", "llama")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lm_eval_streaming import leaderboard as lb
+from lm_eval_streaming.leaderboard import command as lb
 
 TASK = "streaming_ppl_2000"
 
@@ -127,7 +127,7 @@ def test_empty_dir_is_an_error(tmp_path, capsys):
 
 
 def test_pivot_puts_tasks_in_natural_order_with_stderr():
-    from lm_eval_streaming.leaderboard import pivot
+    from lm_eval_streaming.leaderboard.command import pivot
 
     rows = [{"model_name": "m__dense", "streaming_ppl_10000/token_perplexity": 30.0,
              "streaming_ppl_2000/token_perplexity": 20.0, "streaming_ppl_2000/token_perplexity_stderr": 1.5},

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lm_eval_streaming.policy import StreamingArgError
+from lm_eval_streaming.options import StreamingArgError
 
 WORDS = ("the king and the queen walk to the old castle by the river where a cold wind blows "
          "over the hills and the people sing of the summer that will come again").split()
@@ -147,7 +147,8 @@ def test_bad_model_args_fail_before_loading(args, fragment):
 
 
 def test_integral_floats_are_accepted():
-    from lm_eval_streaming.policy import as_int, policy_for
+    from lm_eval_streaming.options import as_int
+    from lm_eval_streaming.core.methods import policy_for
 
     assert policy_for("streaming_llm", 4.0, 1e3).recent_size == 1000
     assert as_int("chunk_size", "256") == 256

@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from lm_eval_streaming import metrics_math as mm
+from lm_eval_streaming.records import metrics as mm
 from lm_eval_streaming.records import Buckets
 
 

@@ -9,10 +9,12 @@ import pytest
 import torch
 from conftest import make_model
 
-from lm_eval_streaming.methods.streaming_llm import StreamingLLM
-from lm_eval_streaming.policy import STREAMING_METHODS, StreamingArgError, baseline_policy, method_names, policy_for, \
+from lm_eval_streaming.core.methods.streaming_llm import StreamingLLM
+from lm_eval_streaming.core.methods import STREAMING_METHODS, baseline_policy, method_names, policy_for
+from lm_eval_streaming.options import StreamingArgError
+from lm_eval_streaming.core.policy import \
     register_policy
-from lm_eval_streaming.scoring import score_sequences
+from lm_eval_streaming.core.scoring import score_sequences
 
 VOCAB = 1000
 

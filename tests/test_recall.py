@@ -40,7 +40,7 @@ def committed_rows(folder: Path, prefix: str, distance: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_recall_documents_have_exact_distances_and_identical_copies(tokenizer):
-    from lm_eval_streaming.recall_data import HEAD, load_recall_docs
+    from lm_eval_streaming.harness.recall_data import HEAD, load_recall_docs
 
     passages = None
     for d in DISTANCES:
@@ -69,7 +69,7 @@ def test_recall_documents_have_exact_distances_and_identical_copies(tokenizer):
 
 
 def test_passages_are_not_in_the_filler_and_names_are_invented():
-    from lm_eval_streaming.recall_data import load_fillers, load_recall_docs
+    from lm_eval_streaming.harness.recall_data import load_fillers, load_recall_docs
 
     fillers = load_fillers(str(RECALL_DATA.resolve()))
     assert len(fillers) == 20 and len({f["text"][:200] for f in fillers.values()}) == 20
@@ -80,7 +80,7 @@ def test_passages_are_not_in_the_filler_and_names_are_invented():
 
 @pytest.mark.slow
 def test_passkey_haystacks_are_exact_and_spread_over_depths(tokenizer):
-    from lm_eval_streaming.recall_data import INTRO, NEEDLE, QUESTION, load_passkey_docs
+    from lm_eval_streaming.harness.recall_data import INTRO, NEEDLE, QUESTION, load_passkey_docs
 
     for d in DISTANCES:
         docs = load_passkey_docs(RECALL_DATA, PASSKEY_DATA, d)
@@ -105,7 +105,7 @@ def test_committed_rows_are_what_the_builder_makes(tokenizer):
         import make_recall_data as builder
     finally:
         sys.path.remove(str(REPO / "scripts"))
-    from lm_eval_streaming.recall_data import load_fillers
+    from lm_eval_streaming.harness.recall_data import load_fillers
 
     fillers = load_fillers(str(RECALL_DATA.resolve()))
     rows = committed_rows(RECALL_DATA, "streaming_recall", 128)
@@ -146,7 +146,7 @@ def test_groups_load_offline_from_any_directory(loaded_tasks):
 
 
 def test_recall_task_issues_two_loglikelihood_requests_per_document(loaded_tasks):
-    from lm_eval_streaming.recall_data import HEAD
+    from lm_eval_streaming.harness.recall_data import HEAD
 
     task = loaded_tasks["tasks"]["streaming_recall_512"]
     task.build_all_requests(limit=3, rank=0, world_size=1)
@@ -191,8 +191,8 @@ def test_yamls_ship_as_package_data():
 
 
 def test_recall_metrics_from_two_loglikelihoods():
-    from lm_eval_streaming.recall_tasks import recall_results
-    from lm_eval_streaming.scores import RollingResult
+    from lm_eval_streaming.harness.recall_tasks import recall_results
+    from lm_eval_streaming.harness.scores import RollingResult
 
     doc = {"doc_id": 0, "n_passage_tokens_pythia": 64}
     out = recall_results(doc, [(-64 * 5.0, False), (-64 * 0.25, True)])
@@ -210,7 +210,7 @@ def test_recall_metrics_from_two_loglikelihoods():
 
 
 def test_passkey_exact_match_by_depth():
-    from lm_eval_streaming.recall_tasks import passkey_results
+    from lm_eval_streaming.harness.recall_tasks import passkey_results
 
     doc = {"passkey": "40312", "depth_percent": 75}
     assert passkey_results(doc, [" 40312. Remember it."]) == {"exact_match": 1.0, "exact_match_depth_75": 1.0}
@@ -239,7 +239,7 @@ def gain_metrics(gains: dict[int, tuple[float, float]]) -> dict:
 
 
 def test_load_recall_results_labels_and_newest_run_wins(tmp_path):
-    from lm_eval_streaming.recall import load_recall_results
+    from lm_eval_streaming.analysis.recall import load_recall_results
 
     write_results(tmp_path / "a", "method=streaming_llm,recent_size=252", gain_metrics({128: (9.0, 0.1)}), 3, 1.0)
     write_results(tmp_path / "b", "method=streaming_llm,recent_size=252", gain_metrics({128: (4.0, 0.1)}), 3, 2.0)
@@ -267,7 +267,7 @@ def test_load_recall_results_labels_and_newest_run_wins(tmp_path):
 def test_stop_distance_follows_the_t_interval_rule(tmp_path):
     from scipy.stats import t
 
-    from lm_eval_streaming.recall import RECALL_MIN_GAIN, load_recall_results, stop_distance
+    from lm_eval_streaming.analysis.recall import RECALL_MIN_GAIN, load_recall_results, stop_distance
 
     n = 3
     margin = t.ppf(0.975, n - 1)
@@ -289,7 +289,7 @@ def test_stop_distance_follows_the_t_interval_rule(tmp_path):
 
 
 def test_practical_meaning_cites_the_measured_stop_distances(tmp_path):
-    from lm_eval_streaming.recall import load_recall_results, practical_meaning
+    from lm_eval_streaming.analysis.recall import load_recall_results, practical_meaning
 
     assert "recall was not measured" in practical_meaning([])
     write_results(tmp_path / "s", "method=streaming_llm,recent_size=252",
@@ -423,8 +423,8 @@ def test_tiny_induction_model_recalls_under_dense_and_forgets_beyond_a_small_cac
     from lm_eval.tasks import TaskManager
 
     from conftest import load_tokenizer
-    from lm_eval_streaming.model import StreamingHFLM
-    from lm_eval_streaming.recall import RecallPoint, stop_distance
+    from lm_eval_streaming.harness.model import StreamingHFLM
+    from lm_eval_streaming.analysis.recall import RecallPoint, stop_distance
 
     words = _word_ids(64)
     model = induction_model(words)

@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import load_tokenizer, make_model
 
-from lm_eval_streaming.architectures import UnsupportedArchitecture, check_supported
-from lm_eval_streaming.policy import policy_for, StreamingArgError
-from lm_eval_streaming.scoring import Diagnostics, InsufficientMemory, score_sequences
+from lm_eval_streaming.core.architectures import UnsupportedArchitecture, check_supported
+from lm_eval_streaming.core.methods import policy_for
+from lm_eval_streaming.options import StreamingArgError
+from lm_eval_streaming.core.scoring import Diagnostics, InsufficientMemory, score_sequences
 
 
 @pytest.mark.parametrize("model_type,config_kwargs,fragment", [
@@ -44,14 +45,14 @@ def test_streaming_hf_refuses_gpt2_before_loading_weights(tmp_path):
 
     GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path)  # a config, no weights at all
     load_tokenizer().save_pretrained(tmp_path)
-    from lm_eval_streaming.model import StreamingHFLM
+    from lm_eval_streaming.harness.model import StreamingHFLM
 
     with pytest.raises(UnsupportedArchitecture, match="'gpt2'"):
         StreamingHFLM(pretrained=str(tmp_path), device="cpu")
 
 
 def test_missing_path_and_missing_tokenizer(tmp_path):
-    from lm_eval_streaming.model import StreamingHFLM
+    from lm_eval_streaming.harness.model import StreamingHFLM
 
     with pytest.raises(StreamingArgError, match="no such checkpoint directory"):
         StreamingHFLM(pretrained=str(tmp_path / "nope"))
@@ -62,7 +63,7 @@ def test_missing_path_and_missing_tokenizer(tmp_path):
 
 @pytest.mark.parametrize("key", ["recent", "recnt_size", "start"])
 def test_typo_of_own_arg_is_named(key):
-    from lm_eval_streaming.model import StreamingHFLM
+    from lm_eval_streaming.harness.model import StreamingHFLM
 
     with pytest.raises(StreamingArgError, match=f"unknown model arg '{key}'"):
         StreamingHFLM(pretrained="/nope", **{key: 4})
@@ -80,7 +81,7 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_dense_refuses_when_estimated_memory_exceeds_free(monkeypatch):
-    import lm_eval_streaming.scoring as scoring
+    import lm_eval_streaming.core.scoring as scoring
 
     model = make_model("llama")
     monkeypatch.setattr(scoring, "available_bytes", lambda device: 50 * 2**20)  # 50 MiB free
@@ -117,7 +118,7 @@ def _rolling(lm, texts):
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_model_dirs):
-    from lm_eval_streaming.model import StreamingHFLM
+    from lm_eval_streaming.harness.model import StreamingHFLM
 
     return StreamingHFLM(pretrained=str(tiny_model_dirs["llama"]), device="cpu", recent_size=8, start_size=2)
 
@@ -130,7 +131,7 @@ def test_empty_one_token_and_short_documents(tiny_lm):
 
 
 def test_nan_logits_are_reported_not_averaged(tiny_lm):
-    from lm_eval_streaming.task_metrics import process_results
+    from lm_eval_streaming.harness.task_metrics import process_results
 
     with torch.no_grad():
         saved = tiny_lm.model.lm_head.weight[7].clone()
@@ -149,7 +150,7 @@ def test_nan_logits_are_reported_not_averaged(tiny_lm):
 
 
 def test_nonfinite_attention_scores_are_counted_only_where_attended():
-    from lm_eval_streaming.attention import ScoreStats
+    from lm_eval_streaming.core.attention import ScoreStats
 
     scores = torch.tensor([[1.0, -7.0, 0.0], [float("inf"), 2.0, float("nan")]])
     stats = ScoreStats()

@@ -129,7 +129,7 @@ def test_data_is_small_and_credited():
 
 def fake_rolling_results(docs, seed=0, trained_context=300, equal_lengths=False):
     """RollingResults from random per-token NLLs, plus the flat per-token records."""
-    from lm_eval_streaming.scores import RollingResult, context_bucket
+    from lm_eval_streaming.harness.scores import RollingResult, context_bucket
 
     rng = random.Random(seed)
     results, tokens = [], []
@@ -266,7 +266,7 @@ def test_plain_float_gives_only_standard_metrics(ppl_tasks):
 
 
 def test_empty_bucket_aggregation_does_not_crash():
-    from lm_eval_streaming import task_metrics as tm
+    from lm_eval_streaming.harness import task_metrics as tm
 
     assert math.isnan(tm.agg_bucket_nll([]))
     assert math.isnan(tm.agg_bucket_nll([(0.0, 0), (0.0, 0)]))
@@ -314,7 +314,7 @@ def test_pg19_loader_parquet_and_defaults(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lm_eval_streaming.task_data import load_pg19
+    from lm_eval_streaming.harness.task_data import load_pg19
 
     monkeypatch.delenv("LM_EVAL_STREAMING_PG19_PATH", raising=False)
     doc = committed(20000)[3]
@@ -327,7 +327,7 @@ def test_pg19_loader_calls_the_hub(monkeypatch):
     """Without a local path the loader asks datasets for deepmind/pg19 (parquet copy when scripts fail)."""
     import datasets
 
-    from lm_eval_streaming import task_data
+    from lm_eval_streaming.harness import task_data
 
     monkeypatch.delenv("LM_EVAL_STREAMING_PG19_PATH", raising=False)
     monkeypatch.delenv("LM_EVAL_STREAMING_PG19_HUB", raising=False)
@@ -353,7 +353,7 @@ def test_pg19_loader_calls_the_hub(monkeypatch):
 
 @pytest.mark.slow
 def test_cut_is_exact_or_reports_no_cut(tokenizer):
-    from lm_eval_streaming.textcut import NoExactCutError, cut_lengths, cut_to_n_tokens
+    from lm_eval_streaming.harness.textcut import NoExactCutError, cut_lengths, cut_to_n_tokens
 
     text = committed(2000)[0]["text"]
     prefix_counts = {n_tokens(tokenizer, text[:p]) for p in range(1, 1200)}
@@ -373,7 +373,7 @@ def test_cut_is_exact_or_reports_no_cut(tokenizer):
 
 
 def test_strip_gutenberg_boilerplate():
-    from lm_eval_streaming.textcut import strip_gutenberg_boilerplate
+    from lm_eval_streaming.harness.textcut import strip_gutenberg_boilerplate
 
     text = "Header\n*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nBody\n*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nLicence"
     assert strip_gutenberg_boilerplate(text).strip() == "Body"

@@ -16,9 +16,9 @@ import pytest
 from synthetic_runs import clean_numerics, make_run
 
 from lm_eval_streaming.records import CausalityStats, KernelErrorStats, load_runs, write_run
-from lm_eval_streaming.verdict import analyze
-from lm_eval_streaming.verdict_base import CAUSAL_TOL, KERNEL_SHARE, PASS, TOLERANCE, UNDECIDED
-from lm_eval_streaming.report import render_report
+from lm_eval_streaming.analysis.verdict import analyze
+from lm_eval_streaming.analysis.base import CAUSAL_TOL, KERNEL_SHARE, PASS, TOLERANCE, UNDECIDED
+from lm_eval_streaming.analysis.report import render_report
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO / "docs" / "experiments" / "offline_numerics.jsonl"
@@ -222,7 +222,7 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path, real_runs, args, n
 
 # ----------------------------------------------------------------- recall in the practical meaning
 def test_practical_meaning_cites_measured_recall_or_says_it_was_not_measured(tmp_path, real_runs):
-    from lm_eval_streaming.recall import labels, load_recall_results, practical_meaning, stop_distance
+    from lm_eval_streaming.analysis.recall import labels, load_recall_results, practical_meaning, stop_distance
 
     recall_dir = REPO / "docs" / "recall" / "runs"
     res = tmp_path / "run.json"

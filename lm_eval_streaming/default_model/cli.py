@@ -49,7 +49,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from ..cli import run_handler
+    from ..errors import run_handler
 
     prog = prog or "lm-eval-streaming prepare-model"
     args = _configure(argparse.ArgumentParser(prog=prog, description=DESCRIPTION)).parse_args(argv)

@@ -6,10 +6,9 @@
 """
 
 from .config import ConfigError, cell_key, cell_label, expand_cells, load_config, validate_config
-from .flat import load_results
 from .runner import add_parser, default_output, main, run, run_experiment
 from .store import append_run, check_writable, finished_keys, read_entries
 
 __all__ = ["ConfigError", "add_parser", "append_run", "cell_key", "cell_label", "check_writable", "default_output",
-           "expand_cells", "finished_keys", "load_config", "load_results", "main", "read_entries", "run",
+           "expand_cells", "finished_keys", "load_config", "main", "read_entries", "run",
            "run_experiment", "validate_config"]

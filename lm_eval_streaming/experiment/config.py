@@ -33,9 +33,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..benchmark_args import DEFAULTS, check_bool, check_benchmark_args, check_dense_attn, check_methods
+from lm_eval_streaming.benchmark.args import DEFAULTS, check_bool, check_benchmark_args, check_dense_attn, check_methods
 from ..errors import UserError
-from ..model_loading import check_model_id
+from lm_eval_streaming.core.loading import check_model_id
 from ..options import StreamingArgError, as_int, check_device_name, check_dtype, int_list
 
 META_KEYS = ("name", "description", "grid")
@@ -168,8 +168,8 @@ def expand_cells(config: dict) -> list[dict]:
 
 def cell_key(cell: dict) -> str:
     """Stable key of a cell: sha256 of its canonical JSON with the sample and record versions, 16 hex digits."""
-    from ..records import SCHEMA
-    from ..samples import SAMPLES_VERSION
+    from lm_eval_streaming.records import SCHEMA
+    from lm_eval_streaming.benchmark.samples import SAMPLES_VERSION
 
     canon = json.dumps({**cell, "_samples": SAMPLES_VERSION, "_record": SCHEMA}, sort_keys=True,
                        separators=(",", ":"))

@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ..records import Run
-from ..records_io import run_from_legacy_rows
+from lm_eval_streaming.records import Run
+from lm_eval_streaming.records.io import run_from_legacy_rows
 from . import store
 from .config import PARAMS, ConfigError, cell_key, cell_label, expand_cells, load_config
 
@@ -26,7 +26,7 @@ from .config import PARAMS, ConfigError, cell_key, cell_label, expand_cells, loa
 def _get_run_benchmark() -> Callable[..., Run]:
     """``benchmark.run_benchmark``, wrapped so that consecutive cells of one model (same id, dtype,
     device) share one loaded model instead of loading it again for every cell."""
-    from lm_eval_streaming import benchmark
+    from lm_eval_streaming.benchmark import command as benchmark
 
     loaded: dict[tuple, tuple] = {}
 

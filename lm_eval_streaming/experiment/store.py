@@ -18,8 +18,8 @@ import socket
 import time
 from pathlib import Path
 
-from ..records import Run
-from ..records_io import check_writable  # noqa: F401  (re-exported)
+from lm_eval_streaming.records import Run
+from lm_eval_streaming.records.io import check_writable  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 

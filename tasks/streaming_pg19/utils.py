@@ -17,4 +17,4 @@ except ImportError:  # a source checkout used with --include_path, package not i
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lm_eval_streaming.task_data import load_pg19 as load_dataset  # noqa: F401
+from lm_eval_streaming.harness.task_data import load_pg19 as load_dataset  # noqa: F401

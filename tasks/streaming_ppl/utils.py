@@ -13,8 +13,8 @@ except ImportError:  # a source checkout used with --include_path, package not i
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lm_eval_streaming.task_data import load_jsonl_task
-from lm_eval_streaming.task_metrics import (  # noqa: F401  (named by the YAMLs)
+from lm_eval_streaming.harness.task_data import load_jsonl_task
+from lm_eval_streaming.harness.task_metrics import (  # noqa: F401  (named by the YAMLs)
     agg_bucket_nll,
     agg_sum,
     agg_token_accuracy,

@@ -13,8 +13,8 @@ except ImportError:  # a source checkout used with --include_path, package not i
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lm_eval_streaming.recall_data import as_test_split, load_recall_docs
-from lm_eval_streaming.recall_tasks import RecallTask, recall_results  # noqa: F401  (named by the YAMLs)
+from lm_eval_streaming.harness.recall_data import as_test_split, load_recall_docs
+from lm_eval_streaming.harness.recall_tasks import RecallTask, recall_results  # noqa: F401  (named by the YAMLs)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

@@ -1,0 +1,268 @@
+"""PNG figures of result runs (matplotlib, Agg canvas; no display needed); the ``plot`` command draws them
+from result files without a report (``lm-eval-streaming plot RESULTS... --figures DIR``).
+
+* ``ppl_vs_length__<model>_<device>_<dtype>.png``: perplexity vs sequence length, one line per method (and
+  cache size) and per dense kernel, the trained context as a vertical line;
+* ``ppl_vs_cache__<model>_<tokens>_<device>_<dtype>.png``: perplexity vs recent size per method, each dense
+  kernel as a horizontal line;
+* ``nll_vs_position__<model>_<tokens>_<device>_<dtype>.png``: NLL by token position (``nll_curve``) per row at
+  the longest length, with a vertical line at the trained context;
+* ``kernel_error_vs_position__<model>_<device>.png``: mean |ΔNLL| of each dense kernel against the float32
+  reference by position (rows that measured the kernel error).
+
+Figures are drawn on :class:`matplotlib.figure.Figure` with an Agg canvas, so
+they never touch pyplot's global state or the user's backend.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+from lm_eval_streaming.records import Row, Run
+from lm_eval_streaming.analysis.data import kernel_name
+from lm_eval_streaming.analysis.inputs import check_figures_dir, check_result_files, read_results
+
+# dense lines are grey and broken, one look per kernel; methods get the colour cycle
+DENSE_STYLES = [{"color": c, "linestyle": ls, "linewidth": 1.6}
+                for c, ls in (("black", "--"), ("dimgray", "-."), ("darkgray", ":"))]
+
+
+def _dense_style(label: str, labels) -> dict:
+    dense = sorted(x for x in labels if x.startswith("dense"))
+    return DENSE_STYLES[dense.index(label) % len(DENSE_STYLES)] if label in dense else {}
+
+
+def _slug(*parts) -> str:
+    text = "_".join(str(p) for p in parts if p is not None)
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "all"
+
+
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def new_figure(width: float = 7.0, height: float = 4.5):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    n = len(ax.get_legend_handles_labels()[1])
+    if n > 6:  # a long legend goes below the axes instead of over the data
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width, height + 0.2 * ((n + 1) // 2))
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    else:
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, format="png", bbox_inches="tight")  # keeps a legend placed below the axes
+    return path
+
+
+def _mean(values) -> float:
+    vals = [float(v) for v in values if _finite(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def _label(row: Row) -> str:
+    """Legend label: dense per kernel (several dense kernels per run), streaming methods by cache size."""
+    if row.is_dense:
+        return f"dense ({kernel_name(row)})"
+    return f"{row.method} ({row.start_size}+{row.recent_size})"
+
+
+def _by(runs: list[Run], *keys: str) -> dict:
+    groups = defaultdict(list)
+    for run in runs:
+        groups[tuple(getattr(run, k) for k in keys)].append(run)
+    return dict(sorted(groups.items(), key=str))
+
+
+def _trained_context(runs: list[Run]) -> int | None:
+    return next((r.trained_context for r in runs if r.trained_context), None)
+
+
+def _context_line(ax, runs: list[Run], color: str = "red"):
+    tc = _trained_context(runs)
+    if tc:
+        ax.axvline(tc, color=color, linestyle=":", label=f"trained context ({tc})")
+
+
+def ppl_vs_length(runs: list[Run], outdir: Path) -> list[Path]:
+    """One line per row label and way of building samples (runs that built samples differently are not joined:
+    their points differ by the samples, not the setting); later sample layouts get hollow markers."""
+    paths = []
+    for (model, device, dtype), rs in _by(runs, "model_id", "device", "dtype").items():
+        if len({r.max_tokens for r in rs}) < 2:
+            continue
+        specs = sorted({r.sample_spec or "" for r in rs})
+        lines = defaultdict(lambda: defaultdict(list))
+        for run in rs:
+            for row in run.rows:
+                lines[(_label(row), run.sample_spec or "")][run.max_tokens].append(row.ppl)
+        labels = {label for label, _ in lines}
+        fig, ax = new_figure()
+        for label, spec in sorted(lines, key=lambda k: (specs.index(k[1]), not k[0].startswith("dense"), k[0])):
+            pts = sorted((n, _mean(v)) for n, v in lines[(label, spec)].items())
+            name = label if len(specs) < 2 else f"{label} [{spec.split(':')[-1] or 'old samples'}]"
+            style = {"markerfacecolor": "none"} if specs.index(spec) else {}
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
+                    **_dense_style(label, labels), **style)
+        _context_line(ax, rs)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        paths.append(_finish(fig, ax, "sequence length (tokens)", "perplexity",
+                             f"Perplexity vs length: {model} ({device}, {dtype})",
+                             outdir / f"ppl_vs_length__{_slug(model, device, dtype)}.png"))
+    return paths
+
+
+def ppl_vs_cache(runs: list[Run], outdir: Path) -> list[Path]:
+    paths = []
+    for (model, tokens, device, dtype), rs in _by(runs, "model_id", "max_tokens", "device", "dtype").items():
+        cached = [row for run in rs for row in run.rows if not row.is_dense]
+        if len({row.recent_size for row in cached}) < 2:
+            continue
+        lines = defaultdict(lambda: defaultdict(list))
+        for row in cached:
+            lines[f"{row.method} (sinks {row.start_size})"][row.recent_size].append(row.ppl)
+        fig, ax = new_figure()
+        for label in sorted(lines):
+            pts = sorted((k, _mean(v)) for k, v in lines[label].items())
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        dense = defaultdict(list)
+        for run in rs:
+            for row in run.dense_rows():
+                dense[_label(row)].append(row.ppl)
+        for label, values in sorted(dense.items()):
+            if _finite(_mean(values)):
+                ax.axhline(_mean(values), label=f"{label}: {_mean(values):.2f}", **_dense_style(label, dense))
+        ax.set_xscale("log", base=2)
+        paths.append(_finish(fig, ax, "recent size (tokens kept besides the sinks)", "perplexity",
+                             f"Perplexity vs cache size: {model}, {tokens} tokens ({device}, {dtype})",
+                             outdir / f"ppl_vs_cache__{_slug(model, tokens, device, dtype)}.png"))
+    return paths
+
+
+def nll_vs_position(runs: list[Run], outdir: Path) -> list[Path]:
+    """NLL by position (``nll_curve``) per row at the longest length of each model/device/dtype, from the runs of
+    one way of building samples (the one with the most rows there), so every line shows the same tokens."""
+    paths = []
+    curved = [r for r in runs if any(row.nll_curve for row in r.rows)]
+    for (model, device, dtype), rs in _by(curved, "model_id", "device", "dtype").items():
+        longest = max(r.max_tokens for r in rs)
+        fig, ax = new_figure(8.0, 4.8)
+        by_spec = defaultdict(list)
+        for r in rs:
+            if r.max_tokens == longest:
+                by_spec[r.sample_spec or ""].append(r)
+        chosen = max(by_spec.values(), key=lambda group: sum(len(r.rows) for r in group))
+        rows = {}  # the same setting in two runs of this length: drawn once
+        for row in (row for r in chosen for row in r.rows if row.nll_curve):
+            rows.setdefault(_label(row), row)
+        for label, row in sorted(rows.items(), key=lambda t: (not t[1].is_dense, t[0])):
+            pts = [(x, v) for x, v in zip(row.nll_curve.centers(), row.nll_curve.nll) if _finite(v)]
+            ax.plot([p for p, _ in pts], [v for _, v in pts], label=label, **_dense_style(label, rows))
+        _context_line(ax, rs)
+        paths.append(_finish(fig, ax, "token position", "NLL (nats/token)",
+                             f"NLL vs position: {model}, {longest} tokens ({device}, {dtype})",
+                             outdir / f"nll_vs_position__{_slug(model, longest, device, dtype)}.png"))
+    return paths
+
+
+def kernel_error_vs_position(runs: list[Run], outdir: Path) -> list[Path]:
+    """Mean |ΔNLL| against the float32 reference kernel by position: one line per dtype x kernel x length, one
+    figure per model and device (dense rows that measured it; 0 cannot be drawn on the log axis and is said)."""
+    paths = []
+    measured = [r for r in runs if any(row.kernel_error and row.kernel_error.by_position for row in r.dense_rows())]
+    for (model, device), rs in _by(measured, "model_id", "device").items():
+        fig, ax = new_figure()
+        exact = set()
+        for run in sorted(rs, key=lambda r: (r.dtype, r.max_tokens)):
+            for row in sorted(run.dense_rows(), key=lambda row: row.attn_implementation or ""):
+                b = row.kernel_error.by_position if row.kernel_error else None
+                if b is None:
+                    continue
+                # x: the middle of the positions a bucket actually holds (the last bucket ends at the run's length)
+                pts = [((lo + min(hi, run.max_tokens)) / 2, v) for lo, hi, v in zip(b.edges, b.edges[1:], b.nll)
+                       if _finite(v) and v > 0]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", markersize=3,
+                            label=f"{run.dtype} {row.attn_implementation} ({run.max_tokens} tok)")
+                else:
+                    exact.add(f"{run.dtype} {row.attn_implementation}")
+        if not ax.lines:
+            continue  # every kernel equals the reference exactly: nothing to draw on a log axis
+        ax.set_yscale("log")
+        _context_line(ax, rs, color="grey")
+        title = f"Kernel error by position: {model}, {device}"
+        if exact:
+            title += "\n" + textwrap.fill(f"identical to the reference (0, not drawn): {', '.join(sorted(exact))}", 90)
+        paths.append(_finish(fig, ax, "position (tokens)", "mean |ΔNLL| vs float32 reference (nats)", title,
+                             outdir / f"kernel_error_vs_position__{_slug(model, device)}.png"))
+    return paths
+
+
+def make_figures(runs: list[Run], outdir) -> list[Path]:
+    """Write every figure the runs allow into ``outdir``; returns their paths."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    return (ppl_vs_length(runs, outdir) + ppl_vs_cache(runs, outdir) + nll_vs_position(runs, outdir)
+            + kernel_error_vs_position(runs, outdir))
+
+
+# ------------------------------------------------------------------ CLI
+def _configure(parser):
+    parser.add_argument("results", nargs="+", help="experiment JSONL and/or `benchmark --output` JSON files")
+    parser.add_argument("--figures", "--output", "-o", dest="figures", default="figures", metavar="DIR",
+                        help="directory for the PNG files (default: figures)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_parser(subparsers):
+    return _configure(subparsers.add_parser("plot", help="PNG figures of experiment results",
+                                            description="Draw the experiment figures without the report."))
+
+
+def run(args) -> int:
+
+    check_result_files(args.results)
+    check_figures_dir(args.figures)
+    paths = make_figures(read_results(args.results, "plot"), args.figures)
+    for p in paths:
+        print(p)
+    if not paths:
+        print("no figures: the runs need two lengths or two cache sizes of one setting, an NLL curve, or a kernel "
+              "error by position", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    from lm_eval_streaming.cli import main as cli_main  # the one error path
+
+    return cli_main(["plot", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""``lm-eval-streaming benchmark``: the seed's benchmark, dense baseline and every cache size on the same samples.
+
+One run scores dense once per attention kernel (``--dense_attn``; default: the model's own and the
+project's float32 reference) and every (method, recent size), all on the same distinct samples, and
+prints one table: perplexity and next-token accuracy (with a confidence interval over samples and
+the paired difference to the dense row through the model's own kernel), speed after warm-up, peak
+memory, diagnostics, and for dense rows the measured kernel error and causality probe.
+``--output`` writes the run as JSON (``records.Run``); ``analyze`` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+from lm_eval_streaming.benchmark.args import DEFAULTS, MODEL_DEFAULT_KERNEL, check_benchmark_args
+from lm_eval_streaming.benchmark.rows import _PeakRSS, causality_stats, kernel_error_stats, score_row, set_deltas
+from lm_eval_streaming.core.loading import load_model, load_tokenizer, model_identity
+from lm_eval_streaming.options import DTYPE_NAMES, StreamingArgError
+from lm_eval_streaming.records import Run
+from lm_eval_streaming.records.io import check_writable, write_run
+from lm_eval_streaming.benchmark.samples import load_samples, sample_spec
+
+__all__ = ["_PeakRSS", "load_model", "load_samples", "run_benchmark", "add_parser", "run", "main"]
+
+
+def _dense_kernels(model, names: list[str]) -> tuple[list[str], str]:
+    """(kernels to score dense with, the one deltas are relative to: the model's own if listed, else the first)."""
+    own = model.config._attn_implementation
+    kernels = list(dict.fromkeys(own if n == MODEL_DEFAULT_KERNEL else n for n in names))
+    return kernels, own if own in kernels else kernels[0]
+
+
+def _reference_for_kernel_error(model, samples, chunk_size, rows_scored):
+    """The float32 reference-kernel NLLs: reused from the run's own reference row when it is float32."""
+    from lm_eval_streaming.core.attention import REFERENCE_KERNEL
+    from lm_eval_streaming.core.kernel_checks import reference_scores
+    from lm_eval_streaming.core.scoring import input_device
+
+    import torch
+
+    if next(model.parameters()).dtype == torch.float32 and REFERENCE_KERNEL in rows_scored:
+        return rows_scored[REFERENCE_KERNEL], f"{REFERENCE_KERNEL}/float32/{input_device(model).type}"
+    return reference_scores(model, samples, chunk_size)
+
+
+def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_tokens: int = 2000,
+                  recent_sizes=(252,), num_samples: int = 5, num_warmup: int = 2, start_size: int = 4,
+                  dtype: str = "float32", device: str | None = None, chunk_size: int = 512,
+                  dense_attn=None, kernel_error: bool = True, causality_probe: bool = True,
+                  model=None, tokenizer=None, progress: bool = True) -> Run:
+    """Dense through every listed kernel + every (method, recent size), on the same samples: one Run.
+
+    Every argument is validated before any work; the samples are built (or refused) before the weights
+    load. ``model`` / ``tokenizer``: an already loaded model (the experiment runner reuses one)."""
+    import torch
+    import transformers
+    from tqdm import tqdm
+
+    from lm_eval_streaming import __version__
+    from lm_eval_streaming.core.methods import baseline_policy, policy_for
+
+    a = check_benchmark_args(model_id=model_id, methods=list(methods), max_tokens=max_tokens,
+                             recent_sizes=list(recent_sizes), num_samples=num_samples, num_warmup=num_warmup,
+                             start_size=start_size, dtype=dtype, device=device, chunk_size=chunk_size,
+                             dense_attn=dense_attn, kernel_error=kernel_error, causality_probe=causality_probe)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(a["model_id"])
+    samples = load_samples(tokenizer, a["max_tokens"], a["num_samples"])
+    if model is None:
+        model, _ = load_model(a["model_id"], a["dtype"], a["device"], methods=a["methods"], tokenizer=tokenizer)
+    trained_context = getattr(model.config, "max_position_embeddings", None)
+    kernels, delta_kernel = _dense_kernels(model, a["dense_attn"])
+    settings = [(baseline_policy(), k) for k in kernels]
+    settings += [(policy_for(m, a["start_size"], r), None) for m in a["methods"] for r in a["recent_sizes"]]
+    rows, dense_scored, reference = [], {}, None
+    for policy, kernel in tqdm(settings, desc="benchmark rows", disable=not progress, file=sys.stderr):
+        row, scored = score_row(model, samples, policy, a["chunk_size"], a["num_warmup"], trained_context, kernel)
+        if policy.full_attention:
+            dense_scored[row.attn_implementation] = scored
+        rows.append(row)
+    base = next(r for r in rows if r.is_dense and r.attn_implementation == delta_kernel)
+    for row in rows:
+        if row is not base:
+            set_deltas(row, base)
+        if row.is_dense and a["kernel_error"]:
+            reference = reference or _reference_for_kernel_error(model, samples, a["chunk_size"], dense_scored)
+            row.kernel_error = kernel_error_stats(model, samples, row, dense_scored[row.attn_implementation],
+                                                  reference, a["chunk_size"], trained_context)
+        if row.is_dense and a["causality_probe"]:
+            row.causality = causality_stats(model, samples, row, a["chunk_size"])
+    return Run(
+        model_id=a["model_id"], max_tokens=a["max_tokens"], num_samples=a["num_samples"],
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""), device=model.device.type,
+        chunk_size=a["chunk_size"], rows=rows, trained_context=trained_context, num_warmup=a["num_warmup"],
+        sample_spec=sample_spec(), **model_identity(model, a["model_id"]),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                  "lm_eval_streaming": __version__},
+        machine=f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+    )
+
+
+# ---------------------------------------------------------------- CLI
+def _number(text: str):
+    """An integer as typed, else the text: options.as_int validates and names the value either way."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("benchmark", help="dense vs streaming methods on the same samples: one table",
+                              description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = DEFAULTS
+    p.add_argument("--model_id", default=d["model_id"],
+                   help="HF model id or path; the default is the embedded SmolLM2-135M (offline)")
+    p.add_argument("--method", default=",".join(d["methods"]),
+                   help="comma list of cache methods besides the dense baseline (streaming_llm, window, ...)")
+    p.add_argument("--max_tokens", type=_number, default=d["max_tokens"], help="tokens per sample (>= 2)")
+    p.add_argument("--recent_sizes", default=",".join(map(str, d["recent_sizes"])),
+                   help="comma list of recent window sizes")
+    p.add_argument("--start_size", type=_number, default=d["start_size"], help="attention sinks")
+    p.add_argument("--num_samples", type=_number, default=d["num_samples"],
+                   help="distinct samples (disjoint windows of the task documents), the same for every row")
+    p.add_argument("--num_warmup", type=_number, default=d["num_warmup"],
+                   help="untimed forward passes of one chunk (first sample) before each row is timed, so one-time "
+                        "costs (allocation, kernel selection) are not counted; they are not scored")
+    p.add_argument("--chunk_size", type=_number, default=d["chunk_size"], help="tokens per forward pass (>= 1)")
+    p.add_argument("--dtype", default=d["dtype"], help=f"one of {', '.join(DTYPE_NAMES)}")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N, mps (default: the best available; an unavailable one falls back "
+                        "with a warning)")
+    p.add_argument("--dense_attn", default=",".join(d["dense_attn"]),
+                   help="comma list of attention implementations to score dense with (default = the model's "
+                        "own, lm_eval_streaming = the project's float32 reference, sdpa, eager, ...); deltas are "
+                        "relative to the model's own kernel when listed, else to the first")
+    p.add_argument("--no_kernel_error", action="store_true",
+                   help="skip the kernel error of dense rows (|dNLL| vs the float32 reference kernel)")
+    p.add_argument("--no_causality_probe", action="store_true",
+                   help="skip the causality probe of dense rows (run on the first sample)")
+    p.add_argument("--output", default=None, help="write the run as JSON here (read by analyze)")
+    return p
+
+
+def run(args) -> int:
+    from lm_eval_streaming.benchmark.table import format_table
+
+    kwargs = dict(model_id=args.model_id, methods=args.method, max_tokens=args.max_tokens,
+                  recent_sizes=args.recent_sizes, num_samples=args.num_samples, num_warmup=args.num_warmup,
+                  start_size=args.start_size, dtype=args.dtype, device=args.device, chunk_size=args.chunk_size,
+                  dense_attn=args.dense_attn, kernel_error=not args.no_kernel_error,
+                  causality_probe=not args.no_causality_probe)
+    a = check_benchmark_args(**kwargs)
+    out = Path(args.output) if args.output else None
+    if out is not None:
+        check_writable(out)
+    result = run_benchmark(**a)
+    print(format_table(result))
+    if out is not None:
+        write_run(out, result)
+        print(f"run written to {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python scripts/benchmark.py ...``: the same command and error handling as ``lm-eval-streaming benchmark``."""
+    from lm_eval_streaming.cli import main as cli_main
+
+    return cli_main(["benchmark", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,101 @@
+"""Loading a model for ``benchmark`` / ``experiment`` / ``speed``, with its identity for the record.
+
+``check_model_id`` runs before any work (also in ``experiment --dry-run``); it needs no torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+
+from lm_eval_streaming.options import StreamingArgError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+MODEL_ID_ALLOWED = "a Hugging Face hub id (org/name), a local checkpoint directory, or smollm2-135m"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_model_id(model_id, arg: str = "model_id") -> str:
+    """The model id, or a one-line error: a local path that does not exist, a directory that is not a
+    checkpoint with a tokenizer, or a string that is neither a path nor a hub id."""
+    from lm_eval_streaming import default_model
+
+    if model_id is None or default_model.is_default(model_id):
+        return model_id or "smollm2-135m"
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise StreamingArgError(f"{arg}={model_id!r} is not allowed: expected {MODEL_ID_ALLOWED}")
+    path = os.path.expanduser(model_id)
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise StreamingArgError(f"{arg}={model_id!r} is a directory without config.json: expected {MODEL_ID_ALLOWED}")
+        if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+            raise StreamingArgError(f"{arg}={model_id!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+        return model_id
+    if os.path.exists(path) or not _HUB_ID.match(model_id):
+        raise StreamingArgError(f"{arg}={model_id!r}: no such checkpoint directory: expected {MODEL_ID_ALLOWED}")
+    return model_id
+
+
+def model_family(model_id: str) -> str:
+    """The name without org and size: ``EleutherAI/pythia-6.9b-deduped`` -> ``pythia``,
+    ``smollm2-135m`` -> ``smollm2``. Sizes are compared only within one family (and one trained context)."""
+    name = os.path.basename(os.path.normpath(model_id)).lower()
+    return re.split(r"[-_](\d+(\.\d+)?[mbk])(\b|[-_])", name)[0] or name
+
+
+@functools.lru_cache(maxsize=None)
+def model_path(model_id: str | None) -> str:
+    """Where from_pretrained loads from (the embedded default model is converted once, then verified)."""
+    from lm_eval_streaming import default_model
+
+    return str(default_model.ensure_default_model()) if default_model.is_default(model_id) else model_id
+
+
+def _load_error(model_id, e: OSError) -> StreamingArgError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return StreamingArgError(f"model_id={model_id!r} cannot be loaded: {first}")
+
+
+def load_tokenizer(model_id: str | None):
+    from transformers import AutoTokenizer
+
+    model_id = check_model_id(model_id)
+    try:
+        return AutoTokenizer.from_pretrained(model_path(model_id))
+    except OSError as e:
+        raise _load_error(model_id, e) from None
+
+
+def load_model(model_id: str | None, dtype: str = "float32", device: str | None = None, method: str = "dense",
+               tokenizer=None, methods=()):
+    """(model, tokenizer); the embedded default model offline. The architecture is checked against every
+    method from the config, before the weights load. The device falls back with a warning when the
+    requested one is not here (as on the lm_eval path)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lm_eval_streaming.core.architectures import check_supported
+    from lm_eval_streaming.options import check_dtype, resolve_device, torch_dtype
+    from lm_eval_streaming.core.methods import policy_for
+
+    check_dtype(dtype)
+    model_id = check_model_id(model_id)
+    device = resolve_device(device)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_id)
+    try:
+        config = AutoConfig.from_pretrained(model_path(model_id))
+        for m in dict.fromkeys([method, *methods]):
+            check_supported(config, policy_for(m))
+        model = AutoModelForCausalLM.from_pretrained(model_path(model_id), dtype=torch_dtype(dtype))
+    except OSError as e:
+        raise _load_error(model_id, e) from None
+    return model.to(device).eval(), tokenizer
+
+
+def model_identity(model, model_id: str) -> dict:
+    """Run fields naming the model: revision (hub commit if known), family, parameter count."""
+    return {
+        "model_revision": getattr(model.config, "_commit_hash", None),
+        "model_family": model_family(model_id),
+        "model_params": float(sum(p.numel() for p in model.parameters())),
+    }

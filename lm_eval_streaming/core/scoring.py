@@ -1,0 +1,304 @@
+"""The scoring loop: tokens -> chunks -> model forward with the streaming cache -> NLLs.
+
+A *session* holds one stream's state (the cache and the next position) and turns
+a chunk of token ids into logits; ``score_sequences`` drives sessions over whole
+documents, and generation (``generation.py``) drives them one token at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lm_eval_streaming.core.architectures import num_layers, rotary_inv_freq
+from lm_eval_streaming.core.attention import REFERENCE_KERNEL, ChunkContext, ScoreStats, attention_kernel, numerics
+from lm_eval_streaming.core.cache import StreamingCache, cache_nbytes
+from lm_eval_streaming.errors import UserError
+from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, StreamingArgError, as_int
+from lm_eval_streaming.core.policy import CachePolicy
+from lm_eval_streaming.core.methods import baseline_policy
+
+# Windows re-encoded per forward by sliding_recompute: bounds its activation memory.
+RECOMPUTE_TOKENS_PER_FORWARD = 8192
+
+
+@dataclass
+class Diagnostics:
+    """Numerics and memory seen while scoring: what separates extrapolation from numerics.
+
+    Attention scores are observable only inside the project's kernel; with another
+    kernel (sdpa, eager, ...) they are reported as None: not measured, never 0.
+    """
+
+    nan_logits: int = 0
+    inf_logits: int = 0
+    max_abs_logit: float = 0.0
+    max_position: int = -1
+    peak_kv_bytes: int = 0
+    scores: ScoreStats = field(default_factory=ScoreStats)
+    scores_measured: bool = False
+
+    def observe_logits(self, logits: torch.Tensor) -> None:
+        max_abs, n_nan, n_inf = numerics(logits)
+        self.max_abs_logit = max(self.max_abs_logit, max_abs)
+        self.nan_logits += n_nan
+        self.inf_logits += n_inf
+
+    def as_dict(self) -> dict:
+        return {
+            "nan_logits": self.nan_logits,
+            "inf_logits": self.inf_logits,
+            "max_abs_logit": self.max_abs_logit,
+            "max_abs_attn_score": self.scores.max_abs_score if self.scores_measured else None,
+            "nonfinite_attn_scores": self.scores.nonfinite_scores if self.scores_measured else None,
+            "max_position": self.max_position,
+            "peak_kv_bytes": self.peak_kv_bytes,
+        }
+
+
+def input_device(model) -> torch.device:
+    """Where input ids must go: the embedding's device, or its execution device when accelerate
+    offloads it (``parallelize=True``: ``model.device`` can then be ``meta`` or another layer's)."""
+    embeddings = model.get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device)
+    return embeddings.weight.device
+
+
+def check_kernel(policy: CachePolicy, attn_implementation: str | None) -> None:
+    if not policy.full_attention and attn_implementation not in (None, REFERENCE_KERNEL):
+        raise StreamingArgError(
+            f"attn_implementation={attn_implementation!r} with method={policy.method}: the streaming methods "
+            f"run the project's kernel ({REFERENCE_KERNEL}); other kernels are for method=dense only")
+
+
+def resolve_kernel(model, policy: CachePolicy, attn_implementation: str | None) -> str:
+    """The attention implementation a run uses: streaming methods need the project's kernel;
+    full attention uses the requested one, by default the model's own (what a plain forward computes)."""
+    check_kernel(policy, attn_implementation)
+    if not policy.full_attention:
+        return REFERENCE_KERNEL
+    return attn_implementation or model.config._attn_implementation
+
+
+def _forward(model, ids, positions, ctx=None, cache=None, last_only=False):
+    kwargs = {"logits_to_keep": 1} if last_only else {}
+    if ctx is not None:
+        kwargs["streaming"] = ctx
+    out = model(input_ids=ids, position_ids=positions, cache=cache, use_cache=cache is not None, **kwargs)
+    return out.logits
+
+
+class CachedSession:
+    """streaming_llm, window and dense through the project's kernel: one pass per chunk over cache + chunk."""
+
+    def __init__(self, model, policy: CachePolicy, diagnostics: Diagnostics | None = None):
+        self.model, self.policy, self.diag = model, policy, diagnostics
+        self.device = input_device(model)
+        self.cache = StreamingCache(policy, num_layers(model))
+        self.inv_freq = rotary_inv_freq(model) if policy.needs_rotary else None
+        self.pos = 0
+        if diagnostics is not None:
+            diagnostics.scores_measured = True
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, C] -> logits [B, C, V] for the next C positions of the stream."""
+        batch, n = ids.shape
+        q_pos = torch.arange(self.pos, self.pos + n)
+        sinks, recent = self.policy.retained(self.pos)
+        k_pos = torch.cat([torch.arange(sinks), torch.arange(self.pos - recent, self.pos), q_pos])
+        stats = self.diag.scores if self.diag is not None else None
+        ctx = ChunkContext.build(self.policy, q_pos, k_pos, self.inv_freq, stats).to(self.device)
+        positions = q_pos.to(self.device)[None].expand(batch, -1)
+        logits = _forward(self.model, ids.to(self.device), positions, ctx, cache=self.cache)
+        self.pos += n
+        _observe_cache(self.diag, self.pos, self.cache.nbytes())
+        return logits
+
+
+class ModelKernelSession:
+    """Dense through the model's own attention (sdpa, eager, flash, ...) with an ordinary transformers
+    cache, chunk by chunk: what a plain forward computes, with bounded activation memory."""
+
+    def __init__(self, model, policy: CachePolicy, diagnostics: Diagnostics | None = None):
+        from transformers import DynamicCache
+
+        self.model, self.diag = model, diagnostics
+        self.device = input_device(model)
+        self.cache = DynamicCache(config=model.config)
+        self.pos = 0
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        batch, n = ids.shape
+        positions = torch.arange(self.pos, self.pos + n, device=self.device)[None].expand(batch, -1)
+        logits = _forward(self.model, ids.to(self.device), positions, cache=self.cache)
+        self.pos += n
+        _observe_cache(self.diag, self.pos, cache_nbytes(self.cache))
+        return logits
+
+
+def _observe_cache(diag: Diagnostics | None, pos: int, kv_bytes: int) -> None:
+    if diag is not None:
+        diag.max_position = max(diag.max_position, pos - 1)
+        diag.peak_kv_bytes = max(diag.peak_kv_bytes, kv_bytes)
+
+
+class RecomputeSession:
+    """sliding_recompute: every position re-encodes its window from scratch (no cache)."""
+
+    def __init__(self, model, policy: CachePolicy, diagnostics: Diagnostics | None = None):
+        self.model, self.policy, self.diag = model, policy, diagnostics
+        self.device = input_device(model)
+        self.window = policy.budget + 1  # past tokens + the current one
+        self.dense = baseline_policy()
+        self.history = None  # [B, <= window - 1 + C] most recent tokens
+        self.pos = 0
+        if diagnostics is not None:
+            diagnostics.scores_measured = True
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.to(self.device)
+        hist = ids if self.history is None else torch.cat([self.history, ids], dim=1)
+        hist_start = self.pos - (hist.shape[1] - ids.shape[1])  # true position of hist[:, 0]
+        out = []
+        first, end = self.pos, self.pos + ids.shape[1]
+        # Positions < window see the whole prefix: one dense pass over it is exact.
+        if first < self.window:
+            stop = min(end, self.window)
+            prefix = hist[:, : stop - hist_start]
+            pos = torch.arange(prefix.shape[1])
+            ctx = self._dense_ctx(pos)
+            logits = _forward(self.model, prefix, pos.to(self.device)[None].expand(prefix.shape[0], -1), ctx)
+            out.append(logits[:, first - hist_start:])
+            first = stop
+        if first < end:
+            windows = hist.unfold(1, self.window, 1)[:, first - self.window + 1 - hist_start:]  # [B, n, W]
+            batch, n, w = windows.shape
+            rows = windows.reshape(batch * n, w)
+            pos = torch.arange(w)
+            ctx = self._dense_ctx(pos)
+            step = max(1, RECOMPUTE_TOKENS_PER_FORWARD // w)
+            last = [
+                _forward(self.model, rows[i:i + step], pos.to(self.device)[None].expand(len(rows[i:i + step]), -1),
+                         ctx, last_only=True)
+                for i in range(0, len(rows), step)
+            ]
+            out.append(torch.cat(last, dim=0).reshape(batch, n, -1))
+        self.pos = end
+        self.history = hist[:, -(self.window - 1):] if self.window > 1 else hist[:, :0]
+        if self.diag is not None:
+            self.diag.max_position = max(self.diag.max_position, min(self.pos, self.window) - 1)
+        return torch.cat(out, dim=1)
+
+    def _dense_ctx(self, pos):
+        stats = self.diag.scores if self.diag is not None else None
+        return ChunkContext.build(self.dense, pos, pos, None, stats).to(self.device)
+
+
+def open_session(model, policy: CachePolicy, diagnostics: Diagnostics | None = None, kernel: str = REFERENCE_KERNEL):
+    """A session for ``policy``; the caller holds ``attention_kernel(model, kernel)`` while feeding it."""
+    if kernel != REFERENCE_KERNEL:
+        return ModelKernelSession(model, policy, diagnostics)
+    cls = CachedSession if policy.uses_cache else RecomputeSession
+    return cls(model, policy, diagnostics)
+
+
+class InsufficientMemory(UserError, RuntimeError):
+    """The estimated memory of a run exceeds what the device has free."""
+
+
+def estimate_bytes(model, policy: CachePolicy, n_tokens: int, batch: int, chunk_size: int) -> int:
+    """Upper estimate of the memory a scoring run needs beyond the weights: KV cache, scores, logits."""
+    cfg = model.config.get_text_config()
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    elem = next(model.parameters()).element_size()
+    chunk = min(chunk_size, n_tokens)
+    kept = n_tokens if policy.recent is None else min(n_tokens, policy.budget)
+    if not policy.uses_cache:
+        kept, chunk = policy.budget + 1, RECOMPUTE_TOKENS_PER_FORWARD
+    kv = 2 * cfg.num_hidden_layers * batch * kv_heads * head_dim * elem * (kept + chunk)
+    scores = 2 * batch * heads * chunk * (kept + chunk) * 4  # fp32 scores and probabilities of one layer
+    logits = 3 * batch * chunk * cfg.vocab_size * 4  # logits, log-probs, argmax work
+    return kv + scores + logits
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def check_memory(model, policy: CachePolicy, n_tokens: int, batch: int, chunk_size: int) -> None:
+    need, have = estimate_bytes(model, policy, n_tokens, batch, chunk_size), available_bytes(input_device(model))
+    if need > have:
+        raise InsufficientMemory(
+            f"method={policy.method} over {n_tokens} tokens (batch {batch}, chunk_size {chunk_size}) needs about "
+            f"{need / 2**30:.1f} GiB beyond the weights, but only {have / 2**30:.1f} GiB is free on "
+            f"{input_device(model)}. Use a smaller batch_size or chunk_size, shorter documents, or method=streaming_llm "
+            f"(its memory does not grow with length)."
+        )
+
+
+@dataclass
+class ScoredTokens:
+    """Per-token results for one sequence: token i+1 predicted from tokens 0..i (CPU tensors)."""
+
+    nll: torch.Tensor  # float32 [T - 1]: sum it in float64 on the CPU afterwards
+    correct: torch.Tensor  # bool [T - 1]
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """Position of each predicted token in the stream."""
+        return torch.arange(1, len(self.nll) + 1)
+
+
+@torch.no_grad()
+def score_sequences(model, sequences: list[list[int]], policy: CachePolicy,
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, diagnostics: Diagnostics | None = None,
+                    progress=None, attn_implementation: str | None = None) -> list[ScoredTokens]:
+    """Score every token after the first of each sequence, as one stream per sequence.
+
+    Sequences are right-padded into one batch: padding comes after the real
+    tokens, so causal attention keeps it from touching them (exact for every method).
+    ``progress`` is called with the number of positions done after each chunk.
+    Nothing here creates a float64 tensor (MPS has none).
+    """
+    chunk_size = as_int("chunk_size", chunk_size, 1)
+    if not sequences:
+        return []
+    lengths = [len(s) for s in sequences]
+    if min(lengths) < 2:
+        raise ValueError(f"each sequence needs at least 2 tokens to score one; got lengths {lengths}")
+    kernel = resolve_kernel(model, policy, attn_implementation)
+    total = max(lengths)
+    check_memory(model, policy, total, len(sequences), chunk_size)
+    ids = torch.zeros(len(sequences), total, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    nll = torch.full((len(sequences), total - 1), float("nan"), dtype=torch.float32)
+    correct = torch.zeros(len(sequences), total - 1, dtype=torch.bool)
+    written = 0
+    with attention_kernel(model, kernel):
+        session = open_session(model, policy, diagnostics, kernel)
+        for start in range(0, total - 1, chunk_size):
+            end = min(start + chunk_size, total - 1)
+            logits = session.feed(ids[:, start:end])
+            targets = ids[:, start + 1 : end + 1].to(logits.device)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            nll[:, start:end] = -logprobs.gather(-1, targets[..., None]).squeeze(-1).cpu()
+            correct[:, start:end] = (logits.argmax(-1) == targets).cpu()
+            written = end
+            if diagnostics is not None:
+                diagnostics.observe_logits(logits)
+            if progress is not None:
+                progress(end - start)
+    if written != total - 1:  # never hand back a position that was not scored
+        raise RuntimeError(f"scored {written} of {total - 1} positions")
+    return [ScoredTokens(nll[row, : n - 1], correct[row, : n - 1]) for row, n in enumerate(lengths)]

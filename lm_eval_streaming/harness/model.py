@@ -1,0 +1,299 @@
+"""The lm-eval adapter: ``--model streaming_hf``.
+
+A subclass of lm-eval's HF model, so every HF option keeps working; only the
+three request types are routed through the streaming scoring loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import torch
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from tqdm import tqdm
+
+from lm_eval_streaming import default_model
+from lm_eval_streaming.core.architectures import check_supported
+from lm_eval_streaming.core.attention import REFERENCE_KERNEL
+from lm_eval_streaming.errors import install_excepthook
+from lm_eval_streaming.core.generation import generate
+from lm_eval_streaming.core.loading import check_model_id
+from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, as_int, resolve_device
+from lm_eval_streaming.options import StreamingArgError
+from lm_eval_streaming.core.methods import policy_for
+from lm_eval_streaming.harness.scores import CONTEXT_BUCKETS, RollingResult, context_bucket
+from lm_eval_streaming.core.scoring import (Diagnostics, ScoredTokens, available_bytes, check_kernel, estimate_bytes, input_device,
+                      resolve_kernel, score_sequences)
+
+logger = logging.getLogger(__name__)
+install_excepthook()
+
+
+OWN_ARGS = ("method", "start_size", "recent_size", "chunk_size", "attn_implementation")
+
+
+def _check_unknown_args(kwargs: dict) -> None:
+    """Unknown keys go to from_pretrained (as with `hf`), unless they look like a typo of ours."""
+    import difflib
+    import inspect
+
+    known = set(inspect.signature(HFLM.__init__).parameters)
+    for key in kwargs:
+        close = difflib.get_close_matches(key, OWN_ARGS, n=1, cutoff=0.6)
+        if key not in known and close:
+            raise StreamingArgError(
+                f"unknown model arg {key!r}: did you mean {close[0]!r}? streaming_hf's own args are "
+                f"{', '.join(OWN_ARGS)}; other keys go to lm-eval's hf model and from_pretrained"
+            )
+
+
+def _check_local_checkpoint(pretrained: str, tokenizer) -> None:
+    """Name the problem with a local path before lm-eval / transformers fail deeper down (the checks that
+    benchmark and experiment run too; with tokenizer= given, the checkpoint needs no tokenizer files)."""
+    if tokenizer is None or not os.path.isdir(os.path.expanduser(pretrained)):
+        check_model_id(pretrained, arg="pretrained")  # a hub id passes; a missing path is refused
+
+
+def _check_architecture(pretrained: str, policy, kwargs: dict) -> None:
+    """Refuse an unsupported architecture from its config, before the weights are loaded."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(pretrained, revision=kwargs.get("revision") or "main",
+                                            trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
+    except (OSError, ValueError):
+        return  # lm-eval's own loading reports it
+    check_supported(config, policy)
+
+
+# Key of the fingerprint stored in an lm-eval --use_cache database (request hashes are hex digests).
+CACHE_FINGERPRINT_KEY = "lm_eval_streaming/fingerprint"
+
+
+def _check_batch_size(batch_size) -> None:
+    """lm-eval passes ``--batch_size`` through: an int, ``auto`` or ``auto:N`` (N is hf's re-detection
+    schedule; the memory estimate here is recomputed for every batch of requests anyway)."""
+    text = str(batch_size)
+    if text == "auto" or (text.startswith("auto:") and text[5:].replace(".", "", 1).isdigit()):
+        return
+    as_int("batch_size", batch_size, 1)
+
+
+# Registered as ``streaming_hf`` by its public name ``lm_eval_streaming.model:StreamingHFLM`` (the start-up hook
+# and the ``lm_eval.models`` entry point), which lm-eval resolves to this class on first use.
+class StreamingHFLM(HFLM):
+    """HF causal LM scored with a StreamingLLM cache (or a baseline: dense, window, sliding_recompute)."""
+
+    def __init__(self, pretrained: str | None = None, method: str = "streaming_llm", start_size=DEFAULT_START_SIZE,
+                 recent_size=DEFAULT_RECENT_SIZE, chunk_size=DEFAULT_CHUNK_SIZE, device: str | None = None,
+                 attn_implementation: str | None = None, **kwargs):
+        # Validate everything before any model is loaded.
+        _check_unknown_args(kwargs)
+        self.policy = policy_for(str(method), start_size, recent_size)
+        self.chunk_size = as_int("chunk_size", chunk_size, 1)
+        _check_batch_size(kwargs.get("batch_size", 1))
+        check_kernel(self.policy, attn_implementation)
+        if pretrained is None or default_model.is_default(pretrained):
+            pretrained = str(default_model.ensure_default_model())
+        _check_local_checkpoint(pretrained, kwargs.get("tokenizer"))
+        _check_architecture(pretrained, self.policy, kwargs)
+        if attn_implementation not in (None, REFERENCE_KERNEL):
+            kwargs["attn_implementation"] = attn_implementation  # loaded as hf would load it
+        super().__init__(pretrained=pretrained, device=resolve_device(device), **kwargs)
+        check_supported(self.config, self.policy)
+        # The kernel each request runs: dense defaults to the model's own (what a plain forward computes).
+        self.kernel = resolve_kernel(self.model, self.policy, attn_implementation)
+        self.pretrained_id = pretrained
+        self.trained_context = getattr(self.config, "max_position_embeddings", None)
+        self.diagnostics = Diagnostics()
+        self._warned_positions = False
+
+    # ---------------------------------------------------------------- helpers
+    def _batch_for(self, sequences: list[list[int]]) -> int:
+        """Documents per forward: the user's batch size, or with ``auto`` the most that the memory
+        estimate fits into half of what is free (at most ``max_batch_size``)."""
+        bs = str(self.batch_size)
+        if not bs.startswith("auto"):
+            return max(1, int(bs))
+        longest = max(len(s) for s in sequences)
+        free = available_bytes(input_device(self.model)) // 2
+        batch = 1
+        while batch < min(len(sequences), self.max_batch_size) and \
+                estimate_bytes(self.model, self.policy, longest, 2 * batch, self.chunk_size) <= free:
+            batch *= 2
+        batch = min(batch, len(sequences), self.max_batch_size)
+        logger.info("batch_size=%s: %d documents per forward (%d tokens, memory estimate)", bs, batch, longest)
+        return batch
+
+    def set_cache_hook(self, cache_hook) -> None:
+        """lm-eval's ``--use_cache`` keys results by request only; refuse a cache filled under another
+        model, method, cache size, kernel or dtype, so one setting's numbers never come back as another's."""
+        super().set_cache_hook(cache_hook)
+        db = getattr(cache_hook, "dbdict", None)
+        if db is None:
+            return
+        mine = self.cache_fingerprint()
+        stored = db.get(CACHE_FINGERPRINT_KEY)
+        where = getattr(db, "filename", "the --use_cache database")
+        if stored is None and len(db):
+            raise StreamingArgError(
+                f"--use_cache {where}: it holds {len(db)} results without a streaming_hf fingerprint (another "
+                f"model type or an older version), keyed by request only; they could be another setting's. "
+                f"Use a new --use_cache path for {mine}")
+        if stored is not None and stored != mine:
+            raise StreamingArgError(
+                f"--use_cache {where} was filled by {stored}; this run is {mine}. Reusing it would report one "
+                f"setting's numbers as another's: use one --use_cache path per setting")
+        if stored is None:
+            db[CACHE_FINGERPRINT_KEY] = mine
+            db.commit()
+
+    def cache_fingerprint(self) -> str:
+        """Everything that changes a result, as one line."""
+        dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
+        sha = getattr(self.model.config, "_commit_hash", None)
+        return (f"model={self.pretrained_id} revision={self.revision} sha={sha} dtype={dtype} "
+                f"method={self.policy.method} start_size={self.policy.start_size} "
+                f"recent_size={self.policy.recent_size} chunk_size={self.chunk_size} "
+                f"attn_implementation={self.kernel} prefix_token_id={self.prefix_token_id} "
+                f"add_bos_token={self.add_bos_token}")
+
+    def _check_positions(self, longest: int) -> None:
+        if self._warned_positions or not self.policy.full_attention or not self.trained_context:
+            return
+        if longest > self.trained_context:
+            self._warned_positions = True
+            warnings.warn(
+                f"method=dense runs full causal attention over {longest} tokens, past the model's "
+                f"max_position_embeddings={self.trained_context}: positions beyond it were never seen in "
+                f"training (this is the seed's baseline; lm-eval's `hf` model cuts documents into "
+                f"{self.trained_context}-token windows instead).",
+                stacklevel=2,
+            )
+
+    def _score(self, sequences: list[list[int]], desc: str, disable_tqdm: bool) -> list[ScoredTokens]:
+        """Score sequences in batches of similar length, keeping the input order."""
+        if not sequences:
+            return []
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        results: list[ScoredTokens | None] = [None] * len(sequences)
+        total = sum(len(s) - 1 for s in sequences)
+        with tqdm(total=total, desc=desc, unit="tok", disable=disable_tqdm or self.rank != 0) as bar:
+            step = self._batch_for(sequences)
+            for i in range(0, len(order), step):
+                idx = order[i:i + step]
+                batch = [sequences[j] for j in idx]
+                self._check_positions(max(len(s) for s in batch))
+                done = [0]
+
+                def progress(n, batch=batch, done=done):
+                    # Count real tokens only: padding rows finish early.
+                    new = sum(min(len(s) - 1, done[0] + n) - min(len(s) - 1, done[0]) for s in batch)
+                    done[0] += n
+                    bar.update(new)
+
+                for j, scored in zip(idx, score_sequences(self.model, batch, self.policy, self.chunk_size,
+                                                          self.diagnostics, progress, self.kernel)):
+                    results[j] = scored
+        return results
+
+    @staticmethod
+    def _continuation_result(nll, correct) -> RollingResult:
+        """The continuation's log-likelihood (a float, as lm-eval expects) carrying its token counts,
+        so tasks can report per-token accuracy (``recall_acc``) where `hf` gives only the sum."""
+        nll = nll.double()
+        finite = torch.isfinite(nll)
+        return RollingResult(-float(nll.sum()), n_tokens=len(nll), n_correct=int(correct.sum()),
+                             nll_sum=float(nll[finite].sum()), n_nonfinite=int((~finite).sum()))
+
+    def _rolling_result(self, scored: ScoredTokens) -> RollingResult:
+        nll, correct = scored.nll.double(), scored.correct  # exact sums on the CPU
+        finite = torch.isfinite(nll)
+        buckets: dict[str, list] = {name: [0.0, 0] for name in CONTEXT_BUCKETS}
+        for pos, value, ok in zip(scored.positions.tolist(), nll.tolist(), finite.tolist()):
+            bucket = context_bucket(pos, self.trained_context)
+            if ok and bucket is not None:
+                entry = buckets[bucket]
+                entry[0] += value
+                entry[1] += 1
+        return RollingResult(
+            -float(nll.sum()),  # NaN if any token is non-finite: never silently averaged away
+            n_tokens=len(nll),
+            n_correct=int(correct.sum()),
+            nll_sum=float(nll[finite].sum()),
+            n_nonfinite=int((~finite).sum()),
+            bucket_nll={k: tuple(v) for k, v in buckets.items() if v[1]},
+            trained_context=self.trained_context,
+        )
+
+    # ---------------------------------------------------------------- lm-eval requests
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Each document is ONE stream (lm-eval's HF class cuts it into max_length windows)."""
+        sequences = [[self.prefix_token_id] + self.tok_encode(req.args[0]) for req in requests]
+        scorable = [i for i, seq in enumerate(sequences) if len(seq) > 1]  # an empty document has no token
+        scored = dict(zip(scorable, self._score([sequences[i] for i in scorable],
+                                                f"streaming_hf {self.policy.describe()}", disable_tqdm)))
+        results = []
+        for i, req in enumerate(requests):
+            result = self._rolling_result(scored[i]) if i in scored else RollingResult(0.0, n_tokens=0)
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, result)
+            results.append(result)
+        return results
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        """Context + continuation through the streaming cache (encoded by lm-eval exactly as for ``hf``).
+        An empty continuation (e.g. one whose tokens merged into the context) scores 0.0 and greedy, as ``hf``."""
+        sequences = [list(ctx) + list(cont) for _, ctx, cont in requests]
+        scorable = [i for i, (_, _, cont) in enumerate(requests) if len(cont)]
+        scored = dict(zip(scorable, self._score([sequences[i] for i in scorable], "streaming_hf loglikelihood",
+                                                disable_tqdm)))
+        results = []
+        for i, (key, _, cont) in enumerate(requests):
+            n = len(cont)
+            s = scored.get(i)
+            answer = (0.0, True) if s is None else (self._continuation_result(s.nll[-n:], s.correct[-n:]),
+                                                     bool(s.correct[-n:].all()))
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, answer)
+            results.append(answer)
+        return results
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        results = []
+        for req in tqdm(requests, desc="streaming_hf generate_until", disable=disable_tqdm or self.rank != 0):
+            context, gen_kwargs = req.args
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            tokens = self.tok_encode(context) or [self.prefix_token_id]
+            self._check_positions(len(tokens) + kwargs["max_gen_toks"])
+            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+            out = generate(
+                self.model, tokens, self.policy, int(kwargs["max_gen_toks"]), self.tok_decode, stop=until,
+                eos_token_id=self.eot_token_id, chunk_size=self.chunk_size, temperature=temperature,
+                top_p=float(kwargs.get("top_p", 1.0) or 1.0), diagnostics=self.diagnostics,
+                attn_implementation=self.kernel,
+            )
+            text = postprocess_generated_text(self.tok_decode(out), until, None)
+            self.cache_hook.add_partial("generate_until", req.args, text)
+            results.append(text)
+        return results
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info.update(
+            streaming_method=self.policy.method,
+            streaming_start_size=self.policy.start_size,
+            streaming_recent_size=self.policy.recent_size,
+            streaming_chunk_size=self.chunk_size,
+            streaming_attn_implementation=self.kernel,
+            # What actually ran (lm-eval records the requested device and the pretrained string as given).
+            streaming_pretrained=os.path.abspath(self.pretrained_id) if os.path.isdir(self.pretrained_id)
+            else self.pretrained_id,
+            streaming_device=str(input_device(self.model)),
+            streaming_diagnostics=self.diagnostics.as_dict(),
+        )
+        return info

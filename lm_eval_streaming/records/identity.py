@@ -1,0 +1,190 @@
+"""What identifies the setting of an lm-eval run (a ``results_*.json``), and its display name.
+
+Two runs are merged into one leaderboard row only when everything that can change a number is
+equal: the model (its full path or hub id, revision and sha), the lm-eval model type, the method
+and cache sizes, the chunk size, the attention kernel, the dtype, the device, ``--limit``, the
+prompt (chat template, system instruction) and any other model argument. Names are shortened
+only for display (``tiny-neox__dense``); when two different settings would get the same name,
+the name grows by what tells them apart (``a/tiny-neox``, ``-float16``, ``@v2``, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from lm_eval_streaming.default_model import DEFAULT_MODEL_NAME, checkpoint_name, is_default
+from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, DEFAULT_METHOD, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, as_int
+
+HF_MODELS = ("hf", "hf-auto", "huggingface")
+STREAMING_MODEL = "streaming_hf"
+# Model args that change how a result is computed, not what it is.
+NEUTRAL_ARGS = frozenset({"batch_size", "max_batch_size", "device", "parallelize", "device_map",
+                          "max_memory_per_gpu", "max_cpu_memory", "offload_folder", "trust_remote_code"})
+# Model args read into their own fields below.
+OWN_ARGS = frozenset({"pretrained", "method", "start_size", "recent_size", "chunk_size", "dtype", "revision",
+                      "attn_implementation"})
+# Everything that identifies a setting, in the order its qualifiers are added to a display name.
+KEY_FIELDS = ("lm_eval_model", "model_id", "method", "start_size", "recent_size", "revision", "model_sha",
+              "dtype", "attn_implementation", "chunk_size", "device", "limit", "prompt", "extra_args")
+
+
+def parse_model_args(model_args) -> dict:
+    """``"pretrained=x,method=dense"`` or a dict -> dict (string values kept)."""
+    if model_args is None:
+        return {}
+    if isinstance(model_args, dict):
+        return dict(model_args)
+    out = {}
+    for part in str(model_args).split(","):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _looks_local(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or Path(text).is_dir()
+
+
+def model_id(pretrained) -> str:
+    """The model's identity: the default model's name, a hub id, or a local path as recorded (normalised)."""
+    if pretrained is None or not str(pretrained).strip() or is_default(str(pretrained)):
+        return DEFAULT_MODEL_NAME
+    text = str(pretrained).strip()
+    if not _looks_local(text):
+        return text
+    text = os.path.normpath(os.path.expanduser(text))
+    # The official conversion of the default model (another GGUF's conversion is another model).
+    return DEFAULT_MODEL_NAME if Path(text).name == checkpoint_name() else text
+
+
+def short_model(model: str) -> str:
+    """Display name of a model id: hub ids and the default model as they are, local paths by their last part."""
+    return Path(model).name if _looks_local(model) else model
+
+
+def _first_int(name: str, *values, default=None):
+    for value in values:
+        if value is not None and value != "":
+            return as_int(name, value, 0)
+    return default
+
+
+def _sizes(method: str, config: dict, args: dict):
+    """(start_size, recent_size, full_attention) as recorded, defaults filled in."""
+    start = _first_int("start_size", config.get("streaming_start_size"), args.get("start_size"),
+                       default=DEFAULT_START_SIZE)
+    recent = _first_int("recent_size", config.get("streaming_recent_size"), args.get("recent_size"),
+                        default=DEFAULT_RECENT_SIZE)
+    from lm_eval_streaming.core.methods import policy_for
+
+    try:
+        policy = policy_for(method, start, recent)
+    except ValueError:  # a method this version does not know: keep what was recorded
+        return start, recent, False
+    return (*policy.record_sizes(), policy.full_attention)
+
+
+def _limit(value):
+    if value is None or value == "":
+        return None
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def _dtype(config: dict, args: dict) -> str:
+    raw = str(config.get("model_dtype") or args.get("dtype") or "")
+    return raw[len("torch."):] if raw.startswith("torch.") else raw
+
+
+def run_identity(data: dict) -> dict:
+    """Identity fields (``KEY_FIELDS``), ``key`` (a tuple of them), ``model`` (short) and ``model_name``
+    (the undisambiguated display name) of one lm-eval results JSON."""
+    config = data.get("config") or {}
+    args = parse_model_args(config.get("model_args"))
+    lm_model = str(config.get("model") or "")
+    ident = {"lm_eval_model": lm_model,
+             "model_id": model_id(config.get("streaming_pretrained") or args.get("pretrained")),
+             "revision": str(config.get("model_revision") or args.get("revision") or "main"),
+             "model_sha": str(config.get("model_sha") or ""),
+             "dtype": _dtype(config, args),
+             "device": str(config.get("streaming_device") or config.get("device") or ""),
+             "limit": _limit(config.get("limit")),
+             "prompt": "|".join(str(data.get(k) or "") for k in ("chat_template_sha", "system_instruction_sha",
+                                                                   "fewshot_as_multiturn")).strip("|") or None,
+             "extra_args": ",".join(f"{k}={v}" for k, v in sorted(args.items())
+                                    if k not in NEUTRAL_ARGS | OWN_ARGS) or None}
+    if lm_model in HF_MODELS:
+        method, start, recent, chunk, suffix = "hf (windowed)", None, None, None, "hf-windowed"
+        attn = args.get("attn_implementation")
+    elif lm_model == STREAMING_MODEL or not lm_model:
+        method = str(config.get("streaming_method") or args.get("method") or DEFAULT_METHOD)
+        start, recent, full = _sizes(method, config, args)
+        chunk = _first_int("chunk_size", config.get("streaming_chunk_size"), args.get("chunk_size"),
+                           default=DEFAULT_CHUNK_SIZE)
+        attn = config.get("streaming_attn_implementation") or args.get("attn_implementation")
+        suffix = method if full or recent is None else f"{method}-s{start}-r{recent}"
+    else:
+        method, start, recent, chunk = lm_model, None, None, None
+        attn = args.get("attn_implementation")
+        suffix = re.sub(r"[^A-Za-z0-9._-]+", "-", lm_model)
+    ident.update(method=method, start_size=start, recent_size=recent, chunk_size=chunk, attn_implementation=attn)
+    model = short_model(ident["model_id"])
+    ident.update(key=tuple(ident[k] for k in KEY_FIELDS), model=model, model_name=f"{model}__{suffix}",
+                 suffix=suffix, model_args=config.get("model_args"))
+    return ident
+
+
+# How a field that tells two settings apart lengthens their display names.
+QUALIFIERS = {
+    "revision": lambda v: f"@{v}",
+    "model_sha": lambda v: f"@{str(v)[:12] or 'no-sha'}",
+    "dtype": lambda v: f"-{v or 'dtype?'}",
+    "attn_implementation": lambda v: f"-attn={v or '?'}",
+    "chunk_size": lambda v: f"-c{v}",
+    "device": lambda v: f"-{v or 'device?'}",
+    "limit": lambda v: "-all" if v is None else f"-limit{v}",
+    "prompt": lambda v: f"-prompt={str(v)[:8]}" if v else "-plain",
+    "extra_args": lambda v: f"-{v}" if v else "-no-args",
+    "lm_eval_model": lambda v: f"-{v}",
+}
+
+
+def _path_tails(ids: list[str]) -> dict[str, str]:
+    """The shortest trailing path parts that tell the distinct model ids apart."""
+    parts = {i: Path(i).parts if _looks_local(i) else (i,) for i in ids}
+    for n in range(1, max(len(p) for p in parts.values()) + 1):
+        tails = {i: "/".join(p[-n:]) for i, p in parts.items()}
+        if len(set(tails.values())) == len(tails):
+            return tails
+    return {i: i for i in ids}
+
+
+def display_names(identities: list[dict]) -> dict[tuple, tuple[str, str]]:
+    """{key: (model display name, model_name)}: unique per key, as short as the other settings allow."""
+    groups: dict[str, dict[tuple, dict]] = {}
+    for ident in identities:
+        groups.setdefault(ident["model_name"], {})[ident["key"]] = ident
+    out = {}
+    for idents in groups.values():
+        members = list(idents.values())
+        if len(members) == 1:
+            out[members[0]["key"]] = (members[0]["model"], members[0]["model_name"])
+            continue
+        tails = _path_tails(sorted({m["model_id"] for m in members}))
+        varying = [f for f in KEY_FIELDS if f not in ("model_id", "method", "start_size", "recent_size")
+                   and len({m[f] for m in members}) > 1]
+        for m in members:
+            model = tails[m["model_id"]]
+            out[m["key"]] = (model, f"{model}__{m['suffix']}" + "".join(QUALIFIERS[f](m[f]) for f in varying))
+    # Names can still meet across groups (a hub id "a/x" and a local ".../a/x"): add a hash of the key.
+    seen: dict[str, int] = {}
+    for model, name in out.values():
+        seen[name] = seen.get(name, 0) + 1
+    for key, (model, name) in list(out.items()):
+        if seen[name] > 1:
+            out[key] = (model, f"{name}-{hashlib.sha256(repr(key).encode()).hexdigest()[:8]}")
+    return out

@@ -1,0 +1,199 @@
+"""The typed record of a scored run: what ``benchmark`` produces, ``experiment`` stores and
+``analyze`` / ``plots`` / ``leaderboard`` read.
+
+A :class:`Run` is one benchmark call (one experiment cell): the run's settings and one
+:class:`Row` per scored setting (dense once per attention kernel, every streaming setting), all
+on the same samples. Optional fields are ``None`` when not measured; every reader treats
+``None`` as unknown, never as 0 or clean.
+
+JSON: ``Run.to_dict()`` / ``Run.from_dict()`` (the new layout, marked ``"schema": SCHEMA``;
+unknown keys are an error). :mod:`.io` reads the old flat layout and files
+(``load_runs``: any mix of experiment JSONL and benchmark JSON, old or new layout).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from lm_eval_streaming.errors import UserError
+
+SCHEMA = "lm_eval_streaming.run/2"
+
+
+class RecordError(UserError, ValueError):
+    """A dict is not a valid record of this layout."""
+
+
+@dataclass
+class Buckets:
+    """Token-weighted mean NLL per bucket. ``edges`` are the len(nll)+1 boundaries (a bucket is
+    [edges[i], edges[i+1])); ``nll`` is None for an empty bucket; ``count`` None when not recorded."""
+
+    edges: list[float]
+    nll: list[float | None]
+    count: list[int] | None = None
+
+    def centers(self) -> list[float]:
+        return [(a + b) / 2 if math.isfinite(b) else a for a, b in zip(self.edges, self.edges[1:])]
+
+
+@dataclass
+class Interval:
+    """95% confidence interval; a field holds None instead when it cannot be computed (1 sample)."""
+
+    low: float
+    high: float
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+@dataclass
+class KernelErrorStats:
+    """|NLL(row's kernel, dtype, device) - NLL(reference kernel, float32)| per token."""
+
+    reference: str  # e.g. "lm_eval_streaming/float32/cpu"
+    mean_abs_dnll: float
+    max_abs_dnll: float
+    nonfinite: int | None = None  # tokens where either side was NaN/Inf
+    by_position: Buckets | None = None
+    by_relative_position: Buckets | None = None  # position / trained context
+
+
+@dataclass
+class CausalityStats:
+    """For each probed position p: max |dlogit| at positions <= p when the tokens after p change."""
+
+    positions: list[int]
+    max_abs_dlogit: list[float]
+    max_abs_dlogit_overall: float
+    samples_probed: int = 1  # the first samples of the run
+
+
+@dataclass
+class Row:
+    """One scored setting of a run, on the same samples as every other row of the run."""
+
+    method: str
+    start_size: int
+    recent_size: int | None  # None: all tokens (dense)
+    attn_implementation: str | None  # None: not recorded
+    ppl: float
+    acc: float
+    nll_mean: float
+    ppl_ci: Interval | None = None
+    acc_ci: Interval | None = None
+    per_sample_nll: list[float] | None = None
+    per_sample_acc: list[float] | None = None
+    scored_tokens: int | None = None
+    # paired difference to one dense row of the run (its attn_implementation: delta_reference)
+    delta_reference: str | None = None
+    delta_nll_vs_dense: float | None = None
+    delta_nll_ci: Interval | None = None
+    delta_acc_vs_dense: float | None = None
+    delta_acc_ci: Interval | None = None
+    tokens_per_s: float | None = None
+    latency_ms_per_token: float | None = None
+    peak_kv_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    cuda_max_allocated_bytes: int | None = None
+    max_position: int | None = None
+    exceeded_trained_context: bool | None = None
+    nll_by_position: Buckets | None = None
+    nll_by_relative_position: Buckets | None = None
+    nll_curve: Buckets | None = None
+    nonfinite_tokens: int | None = None
+    nan_logits: int | None = None
+    inf_logits: int | None = None
+    max_abs_logit: float | None = None
+    max_abs_attn_score: float | None = None
+    nonfinite_attn_scores: int | None = None
+    kernel_error: KernelErrorStats | None = None
+    causality: CausalityStats | None = None
+
+    @property
+    def is_dense(self) -> bool:
+        return self.recent_size is None
+
+    def label(self) -> str:
+        if self.is_dense:
+            return f"dense[{self.attn_implementation or '?'}]"
+        return f"{self.method} {self.start_size}+{self.recent_size}"
+
+
+@dataclass
+class Run:
+    """One benchmark call = one experiment cell."""
+
+    model_id: str
+    max_tokens: int
+    num_samples: int
+    dtype: str
+    device: str
+    chunk_size: int
+    rows: list[Row]
+    model_revision: str | None = None
+    model_family: str | None = None
+    model_params: float | None = None
+    trained_context: int | None = None
+    num_warmup: int | None = None
+    sample_spec: str | None = None  # how the samples were built (changes the numbers)
+    versions: dict[str, str] = field(default_factory=dict)
+    machine: str | None = None
+    experiment: str | None = None
+    cell_key: str | None = None
+    cell: dict | None = None  # the experiment cell's parameters
+    finished_at: str | None = None
+    source: str | None = None  # file it was read from (not stored)
+
+    def to_dict(self) -> dict:
+        out = {"schema": SCHEMA, **asdict(self)}
+        out.pop("source")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | None = None) -> "Run":
+        data = dict(data)
+        schema = data.pop("schema", None)
+        if schema != SCHEMA:
+            raise RecordError(f"schema {schema!r} is not {SCHEMA!r}")
+        run = _build(cls, data, "run")
+        run.source = source
+        return run
+
+    def dense_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.is_dense]
+
+
+# ------------------------------------------------------------------ dict -> dataclass (strict)
+_NESTED = {
+    "ppl_ci": Interval, "acc_ci": Interval, "delta_nll_ci": Interval, "delta_acc_ci": Interval,
+    "nll_by_position": Buckets, "nll_by_relative_position": Buckets, "nll_curve": Buckets,
+    "by_position": Buckets, "by_relative_position": Buckets,
+    "kernel_error": KernelErrorStats, "causality": CausalityStats,
+}
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise RecordError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise RecordError(f"{where}: unknown keys {', '.join(unknown)}")
+    missing = [n for n, f in names.items() if n not in data and f.default is MISSING
+               and f.default_factory is MISSING]
+    if missing:
+        raise RecordError(f"{where}: missing keys {', '.join(missing)}")
+    kwargs = {}
+    for key, value in data.items():
+        if key == "rows":
+            if not isinstance(value, list):
+                raise RecordError(f"{where}.rows: expected a list")
+            value = [_build(Row, r, f"{where}.rows[{i}]") for i, r in enumerate(value)]
+        elif key in _NESTED and value is not None:
+            value = _build(_NESTED[key], value, f"{where}.{key}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
