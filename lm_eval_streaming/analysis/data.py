@@ -103,7 +103,7 @@ def effect(entries, tol: float) -> str:
 
 
 def regions(e: Scored) -> dict[str, tuple[float, int]]:
-    """{below/around/beyond: (mean NLL, tokens)} (metrics_math's regions), from the buckets by fraction of the
+    """{below/around/beyond: (mean NLL, tokens)} (the regions of records.metrics), from the buckets by fraction of the
     trained context, or from the absolute-position buckets when those are missing."""
     found = region_means(e.row.nll_by_relative_position)
     if not found and e.run.trained_context:

@@ -92,7 +92,7 @@ def _n_docs(data: dict, task: str) -> int | None:
 def _collect(paths, pattern: re.Pattern, required: str):
     """[(model, label, ident, distance, metrics, n_docs, source)] of the tasks matching ``pattern``.
 
-    Runs of one setting (everything that can change a number, :mod:`.run_identity`, except
+    Runs of one setting (everything that can change a number, :mod:`lm_eval_streaming.records.identity`, except
     ``--limit``) are merged: different distances side by side; for the same distance the newest run
     (lm-eval's ``date``, then file name) wins. Settings that differ in more than method and cache
     sizes get labels that say how (``dense-float16``). Other runs and tasks are ignored.

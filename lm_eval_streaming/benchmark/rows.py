@@ -79,6 +79,9 @@ def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warm
     _, nll_ci = t_interval(per_sample_nll)
     acc, acc_ci = t_interval(per_sample_acc)
     by_pos, by_rel, curve = position_buckets(positions, nll, trained_context)
+    per_sample_curve = [bucketize(s.positions, s.nll, curve.edges).nll for s in scored]
+    if acc_ci is not None:  # a t interval can reach past the bounds an accuracy has
+        acc_ci = type(acc_ci)(max(0.0, acc_ci.low), min(1.0, acc_ci.high))
     start_size, recent_size = policy.record_sizes()
     diagnostics = diag.as_dict()
     row = Row(
@@ -92,7 +95,7 @@ def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warm
         max_position=diagnostics["max_position"],
         exceeded_trained_context=exceeds_trained_context(diagnostics["max_position"], trained_context),
         nll_by_position=by_pos, nll_by_relative_position=by_rel, nll_curve=curve,
-        nonfinite_tokens=int((~finite).sum()), nan_logits=diagnostics["nan_logits"],
+        nll_curve_per_sample=per_sample_curve, nonfinite_tokens=int((~finite).sum()), nan_logits=diagnostics["nan_logits"],
         inf_logits=diagnostics["inf_logits"], max_abs_logit=diagnostics["max_abs_logit"],
         max_abs_attn_score=diagnostics["max_abs_attn_score"], nonfinite_attn_scores=diagnostics["nonfinite_attn_scores"],
     )

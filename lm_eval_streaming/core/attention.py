@@ -101,7 +101,7 @@ def sink_window_attention(module, query, key, value, attention_mask, scaling, dr
     if streaming is None:
         raise RuntimeError(
             "lm_eval_streaming attention was called without a chunk context: run the model "
-            "through lm_eval_streaming.scoring, not model.generate() or a plain forward"
+            "through lm_eval_streaming.core.scoring, not model.generate() or a plain forward"
         )
     batch, heads, n_q, dim = query.shape
     kv_heads = key.shape[1]

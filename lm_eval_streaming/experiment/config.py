@@ -1,7 +1,7 @@
 """Experiment configs: validation, the grid crossed into cells, and cell keys.
 
 A config (YAML, see ``configs/``) names an experiment, fixes some arguments of
-:func:`lm_eval_streaming.benchmark.run_benchmark` and lists others under ``grid``; the grid's
+:func:`lm_eval_streaming.benchmark.command.run_benchmark` and lists others under ``grid``; the grid's
 lists are crossed into *cells*, each one ``run_benchmark`` call::
 
     name: offline_length

@@ -3,7 +3,7 @@
 ``process_results`` returns lm-eval's standard ``loglikelihood_rolling`` metrics
 for every model, computed as lm-eval's own ``ConfigurableTask.process_results``
 does, and adds token-level metrics when the model's answer is a
-:class:`lm_eval_streaming.scores.RollingResult`.
+:class:`lm_eval_streaming.harness.scores.RollingResult`.
 
 Per-document items and their aggregation (all named in each task's ``metric_list``):
 
@@ -113,7 +113,7 @@ def token_items(result: RollingResult) -> dict:
 
 
 def ratio_stderr(items) -> float | str:
-    """metrics_math's cluster standard error, "N/A" (as lm-eval writes it) for fewer than two documents."""
+    """The cluster standard error of :mod:`lm_eval_streaming.records.metrics`, "N/A" (as lm-eval writes it) for fewer than two documents."""
     se = _ratio_stderr(items)
     return NA if se is None else se
 

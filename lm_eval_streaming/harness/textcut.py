@@ -2,7 +2,7 @@
 
 One home for the text preparation shared by ``scripts/make_task_data.py`` (which
 derives the committed ``streaming_ppl`` data) and the PG-19 loader in
-``lm_eval_streaming.task_data`` (which cuts books at load time).
+``lm_eval_streaming.harness.task_data`` (which cuts books at load time).
 
 Decoding a slice of token ids and re-encoding it can change the token count at
 the cut, so :func:`cut_to_n_tokens` cuts the *text* and checks the count of the

@@ -1,5 +1,5 @@
 """The typed record of a scored run: what ``benchmark`` produces, ``experiment`` stores and
-``analyze`` / ``plots`` / ``leaderboard`` read.
+``analyze`` / ``plot`` / ``leaderboard`` read.
 
 A :class:`Run` is one benchmark call (one experiment cell): the run's settings and one
 :class:`Row` per scored setting (dense once per attention kernel, every streaming setting), all
@@ -80,8 +80,8 @@ class Row:
     recent_size: int | None  # None: all tokens (dense)
     attn_implementation: str | None  # None: not recorded
     ppl: float
-    acc: float
     nll_mean: float
+    acc: float | None = None  # None: not measured (other implementations log per-token NLL only)
     ppl_ci: Interval | None = None
     acc_ci: Interval | None = None
     per_sample_nll: list[float] | None = None
@@ -103,6 +103,8 @@ class Row:
     nll_by_position: Buckets | None = None
     nll_by_relative_position: Buckets | None = None
     nll_curve: Buckets | None = None
+    # each sample's mean NLL in the buckets of nll_curve (same edges), in sample order: the critical point's spread
+    nll_curve_per_sample: list[list[float | None]] | None = None
     nonfinite_tokens: int | None = None
     nan_logits: int | None = None
     inf_logits: int | None = None

@@ -1,5 +1,5 @@
 """The position-extrapolation hypothesis: dense attention scored past the trained context, at positions the model
-never saw. Regions are metrics_math's: below < 0.9x, beyond >= 1.1x the trained context."""
+never saw. Regions are those of lm_eval_streaming.records.metrics: below < 0.9x, beyond >= 1.1x the trained context."""
 
 from __future__ import annotations
 
