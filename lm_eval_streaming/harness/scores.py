@@ -11,7 +11,7 @@ from __future__ import annotations
 from lm_eval_streaming.records.metrics import REGIONS, context_region
 
 # Buckets of the NLL by absolute position relative to the model's trained context L
-# (``max_position_embeddings``), as lm_eval_streaming.records.metrics defines the regions: below 0.9 L, around it, beyond 1.1 L.
+# (``max_position_embeddings``), as records.metrics defines the regions: below 0.9 L, around it, beyond 1.1 L.
 CONTEXT_BUCKETS = tuple(f"{region}_ctx" for region in REGIONS)
 
 

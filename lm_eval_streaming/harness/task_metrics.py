@@ -113,7 +113,7 @@ def token_items(result: RollingResult) -> dict:
 
 
 def ratio_stderr(items) -> float | str:
-    """The cluster standard error of :mod:`lm_eval_streaming.records.metrics`, "N/A" (as lm-eval writes it) for fewer than two documents."""
+    """records.metrics' cluster standard error, "N/A" (as lm-eval writes it) for fewer than two documents."""
     se = _ratio_stderr(items)
     return NA if se is None else se
 
