@@ -186,3 +186,35 @@ def test_low_precision_chunked_close_to_token_by_token(dtype):
     one, many = ours(model, ids, policy, 1), ours(model, ids, policy, 32)
     assert torch.isfinite(many).all()
     assert (one - many).abs().mean() < 0.05  # same math, different summation order
+
+
+@torch.no_grad()
+def true_distance_reference(model, ids, sinks, recent):
+    """Token-by-token sinks + recent window WITHOUT the positional shift (kvpress's StreamingLLMPress):
+    the unchanged HF model, every token at its TRUE position id, its own DynamicCache; after each token
+    the oldest non-sink entry is dropped and nothing is re-rotated. Per-token NLL of ids[1:]."""
+    model.set_attn_implementation("eager")
+    cache = DynamicCache(config=model.config)
+    nll = []
+    for t in range(len(ids) - 1):
+        out = model(input_ids=torch.tensor([[ids[t]]]), position_ids=torch.tensor([[t]]), cache=cache, use_cache=True)
+        nll.append(-torch.log_softmax(out.logits[0, -1].double(), -1)[ids[t + 1]])
+        for layer in cache.layers:
+            if layer.keys.shape[-2] > sinks + recent:
+                layer.keys = torch.cat([layer.keys[..., :sinks, :], layer.keys[..., sinks + 1:, :]], dim=-2)
+                layer.values = torch.cat([layer.values[..., :sinks, :], layer.values[..., sinks + 1:, :]], dim=-2)
+    return torch.stack(nll)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("sinks,recent,length", [(4, 16, 60), (2, 8, 41), (4, 5, 33)])
+def test_streaming_llm_without_shift_matches_true_distance_reference(models, arch, sinks, recent, length):
+    model, ids = models[arch], _ids(length, seed=length + 1)
+    ref = true_distance_reference(model, ids, sinks, recent)
+    policy = policy_for("streaming_llm", sinks, recent, position_shift=False)
+    for chunk in (1, 7, 64):
+        got = ours(model, ids, policy, chunk)
+        assert torch.allclose(got, ref, atol=1e-4, rtol=0), (chunk, (got - ref).abs().max())
+    # the two variants keep the same tokens and differ only in the sinks' distances
+    shifted = ours(model, ids, policy_for("streaming_llm", sinks, recent), 7)
+    assert (shifted - got).abs().max() > 1e-3

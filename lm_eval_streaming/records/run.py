@@ -81,6 +81,11 @@ class Row:
     attn_implementation: str | None  # None: not recorded
     ppl: float
     nll_mean: float
+    # dense: True = each sample in ONE model call, no cache, the model's own mask path (``KERNEL@full``,
+    # what ``model(input_ids)`` computes: the seed's baseline); False = chunked with a cache; None: not recorded
+    one_call: bool | None = None
+    # streaming_llm: False = the kept tokens at their true distances (no positional shift); None: not recorded
+    position_shift: bool | None = None
     acc: float | None = None  # None: not measured (other implementations log per-token NLL only)
     ppl_ci: Interval | None = None
     acc_ci: Interval | None = None
@@ -120,8 +125,8 @@ class Row:
 
     def label(self) -> str:
         if self.is_dense:
-            return f"dense[{self.attn_implementation or '?'}]"
-        return f"{self.method} {self.start_size}+{self.recent_size}"
+            return f"dense[{self.attn_implementation or '?'}{'@full' if self.one_call else ''}]"
+        return f"{self.method} {self.start_size}+{self.recent_size}" + (" noshift" if self.position_shift is False else "")
 
 
 @dataclass

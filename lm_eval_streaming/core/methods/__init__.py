@@ -16,12 +16,19 @@ def method_names() -> tuple[str, ...]:
 
 
 def policy_for(method: str = DEFAULT_METHOD, start_size=DEFAULT_START_SIZE,
-               recent_size=DEFAULT_RECENT_SIZE) -> CachePolicy:
-    """The policy of a method by name, with its sizes validated."""
+               recent_size=DEFAULT_RECENT_SIZE, **options) -> CachePolicy:
+    """The policy of a method by name, with its sizes validated. ``options``: the method's own
+    fields (e.g. ``position_shift`` of streaming_llm); None means its default."""
     cls = _REGISTRY.get(method)
     if cls is None:
         raise StreamingArgError(f"method={method!r} is unknown: expected one of {', '.join(_REGISTRY)}")
-    return cls(start_size, recent_size)
+    options = {k: v for k, v in options.items() if v is not None}
+    fields = set(cls.__dataclass_fields__) - {"start_size", "recent_size"}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise StreamingArgError(f"{unknown[0]}={options[unknown[0]]!r} does not apply to method={method}"
+                                + (f": it takes {', '.join(sorted(fields))}" if fields else ": it has no options"))
+    return cls(start_size, recent_size, **options)
 
 
 def baseline_policy() -> CachePolicy:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from lm_eval_streaming.core.policy import CachePolicy, register_policy
+from lm_eval_streaming.options import StreamingArgError
 
 
 @register_policy
@@ -17,10 +18,20 @@ class StreamingLLM(CachePolicy):
     With the positional shift a query at true position t sits at cache slot
     ``min(t, start_size + recent_size)``: recent keys keep their true distance
     (the window is contiguous), sink j is seen at distance ``min(t, S + R) - j``.
+    ``position_shift=False`` keeps the same tokens at their TRUE distances (sink j at t - j),
+    what NVIDIA/kvpress's StreamingLLMPress does: the ablation that separates "which tokens
+    are kept" from "at which distances the sinks are seen".
     """
+
+    position_shift: bool = True
 
     method = "streaming_llm"
     min_recent = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.position_shift, bool):
+            raise StreamingArgError(f"position_shift={self.position_shift!r} is not allowed: expected true or false")
 
     @property
     def sinks(self) -> int:
@@ -32,12 +43,12 @@ class StreamingLLM(CachePolicy):
 
     @property
     def needs_rotary(self) -> bool:
-        return True
+        return self.position_shift
 
     def sink_query_position(self, q_pos: torch.Tensor) -> torch.Tensor | None:
-        if not self.sinks:
+        if not self.sinks or not self.position_shift:
             return None
         return torch.clamp(q_pos, max=self.sinks + self.recent)
 
     def describe(self) -> str:
-        return f"streaming_llm-s{self.start_size}-r{self.recent_size}"
+        return f"streaming_llm-s{self.start_size}-r{self.recent_size}" + ("" if self.position_shift else "-noshift")
