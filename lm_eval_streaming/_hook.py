@@ -66,12 +66,33 @@ def _after_manager(module):
     cls.__init__ = __init__
 
 
-HOOKS = {"lm_eval.api.registry": _after_registry, "lm_eval.tasks.manager": _after_manager}
+# Named by string and imported only when lm-eval imports the module (like MODEL_TARGET): what lm-eval derives
+# from --model_args for streaming_hf on the default model (task tokenizer, run name), and RULER's nltk download.
+RUN_ARGS = "lm_eval_streaming.harness.run_args"
+
+
+def _late(function):
+    def call(module):
+        import importlib
+
+        return getattr(importlib.import_module(RUN_ARGS), function)(module)
+
+    return call
+
+
+# module -> (before it runs or None, after it ran)
+HOOKS = {
+    "lm_eval.api.registry": (None, _after_registry),
+    "lm_eval.tasks.manager": (None, _after_manager),
+    "lm_eval.evaluator": (None, _late("patch_evaluator")),
+    "lm_eval.config.evaluate_config": (None, _late("patch_config")),
+    "lm_eval.tasks.ruler.prepare_niah": (_late("before_ruler_nltk"), _late("after_ruler_nltk")),
+}
 
 
 class _Loader:
-    def __init__(self, loader, after):
-        self._loader, self._after = loader, after
+    def __init__(self, loader, hooks):
+        self._loader, (self._before, self._after) = loader, hooks
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
@@ -80,23 +101,33 @@ class _Loader:
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        self._loader.exec_module(module)
+        if self._before is not None:
+            try:
+                self._before(module.__name__)
+            except Exception as exc:  # never break the user's import of lm-eval
+                _report(exc)
+        try:
+            self._loader.exec_module(module)
+        except BaseException:
+            if self._before is not None:  # undo what ran before, even when the module failed
+                self._after(module)
+            raise
         try:
             self._after(module)
-        except Exception as exc:  # never break the user's import of lm-eval
+        except Exception as exc:
             _report(exc)
 
 
 class _Finder:
     def find_spec(self, name, path=None, target=None):
-        after = HOOKS.get(name)
-        if after is None:
+        hooks = HOOKS.get(name)
+        if hooks is None:
             return None
         from importlib.machinery import PathFinder
 
         spec = PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _Loader(spec.loader, after)
+            spec.loader = _Loader(spec.loader, hooks)
         return spec
 
 
@@ -104,7 +135,7 @@ def install():
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())
     # lm-eval imported before us (rare): apply directly.
-    for name, after in HOOKS.items():
+    for name, (_, after) in HOOKS.items():
         if name in sys.modules:
             after(sys.modules[name])
 
