@@ -23,13 +23,11 @@ PARAMS = tuple(DEFAULTS)
 
 
 def attention_names() -> list[str]:
-    """Names --dense_attn accepts: transformers' registered implementations, eager, the project's kernel."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    """Names --dense_attn accepts: the model's own, and the implementations installed here (eager,
+    transformers' registered ones whose package is present, the project's kernel)."""
+    from lm_eval_streaming.core.attention import attention_names as kernels
 
-    from lm_eval_streaming.core import attention  # noqa: F401  (registers the project's kernel)
-
-    names = [MODEL_DEFAULT_KERNEL, "eager", *ALL_ATTENTION_FUNCTIONS.valid_keys(), REFERENCE_KERNEL]
-    return list(dict.fromkeys(n for n in names if "|" not in n))
+    return [MODEL_DEFAULT_KERNEL, *kernels(available_only=True)]
 
 
 def check_dense_attn(value) -> list[str]:

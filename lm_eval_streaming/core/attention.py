@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AttentionInterface
 
-from lm_eval_streaming.options import REFERENCE_KERNEL
+from lm_eval_streaming.options import REFERENCE_KERNEL, StreamingArgError
 from lm_eval_streaming.core.policy import CachePolicy
 
 # rope types whose angle is linear in the position, so rotations compose.
@@ -138,3 +138,42 @@ def attention_kernel(model, name: str | None):
         yield model
     finally:
         model.set_attn_implementation(previous)
+
+
+# Packages a registered kernel needs (transformers registers the names whether or not they are installed).
+_KERNEL_PACKAGES = {"flash_attention_2": ("is_flash_attn_2_available", "the flash-attn package"),
+                    "flash_attention_3": ("is_flash_attn_3_available", "flash-attn 3 (flash_attn_interface)"),
+                    "flash_attention_4": ("is_flash_attn_4_available", "flash-attn 4"),
+                    "flex_attention": ("is_torch_flex_attn_available", "torch with flex attention")}
+
+
+def attention_names(available_only: bool = False) -> list[str]:
+    """Attention implementations by name: eager, transformers' registered ones, the project's kernel;
+    ``available_only``: those whose package is installed here."""
+    import transformers.utils as tu
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    names = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys(), REFERENCE_KERNEL]
+    names = [n for n in dict.fromkeys(names) if "|" not in n]
+    if available_only:
+        names = [n for n in names if n not in _KERNEL_PACKAGES or getattr(tu, _KERNEL_PACKAGES[n][0], lambda: False)()]
+    return names
+
+
+def check_attention_name(name: str | None, arg: str = "attn_implementation", extra: tuple[str, ...] = ()) -> None:
+    """One line naming an attention implementation that is unknown or not installed here, and what is
+    available, before any weights load (transformers would fail inside from_pretrained)."""
+    if name is None or name in extra:
+        return
+    available = [*extra, *attention_names(available_only=True)]
+    if name in available:
+        return
+    if isinstance(name, str) and "/" in name:
+        import transformers.utils as tu
+
+        if tu.is_kernels_available():
+            return  # a hub kernel (org/repo): transformers fetches it
+    if name in _KERNEL_PACKAGES:
+        raise StreamingArgError(f"{arg}={name!r} is not available here ({_KERNEL_PACKAGES[name][1]} is not installed): "
+                                f"available: {', '.join(available)}")
+    raise StreamingArgError(f"{arg}={name!r} is unknown: expected one of {', '.join(available)}")
