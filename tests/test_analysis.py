@@ -107,11 +107,12 @@ def test_extrapolation_data_supports_extrapolation_and_rules_out_the_others():
     size = _criterion(a, "compression", "model size")  # one model size: cannot be decided, and said so
     assert size.status == UNDECIDED and "cannot be decided" in size.evidence
     report = render_report(a)
-    for heading in ("现象 (Phenomenon)", "原因 (Cause)", "适用范围 (Scope)", "模型规模 model size",
-                    "序列长度 sequence length", "硬件 hardware", "实际意义 (Practical meaning)"):
+    # issue 16 (e): the seed's template in its own form (was: paraphrased headings)
+    for heading in ("### 现象描述", "### 原因分析", "### 适用范围", "- 模型大小: ", "- 序列长度: ",
+                    "- 硬件限制: MPS / CUDA / CPU: ", "### 实际意义"):
         assert heading in report
     assert "only smollm2-135m (135M) tested" in report
-    assert "not tested: MPS, CUDA" in report
+    assert "not measured: MPS, CUDA" in report  # issue 16 (e): "not measured" (was "not tested")
     assert "recall was not measured" in a.meaning
 
 

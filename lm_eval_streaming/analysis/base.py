@@ -24,17 +24,65 @@ KERNEL_SHARE = 0.5
 REF_RECENT = DEFAULT_RECENT_SIZE  # the seed's recent size: the reference streaming setting
 
 PASS, FAIL, UNDECIDED = "pass", "fail", "cannot decide"
-SUPPORTED, RULED_OUT, OPEN = "supported", "ruled out", "undecided"
+SUPPORTED, RULED_OUT, OPEN = "supported", "ruled out", "cannot decide"
+
+# What to run next when a criterion cannot be decided: (command here on the default model or the seed's config, what
+# it adds, the seed's setting on a Mac or None).
+MAC = "--num_samples 5 --device mps --dtype float16"
+NEXT = {
+    "length": ("lm-eval-streaming experiment configs/offline_length_long.yaml --output "
+               "docs/experiments/offline_length_long.jsonl", "the default model at 2.4x its trained context",
+               f"python scripts/benchmark.py --model_id EleutherAI/pythia-6.9b --max_tokens 5000 {MAC} "
+               "--output runs/length_5000.json"),
+    "ablation": ("lm-eval-streaming experiment configs/offline_ablation.yaml --output "
+                 "docs/experiments/offline_ablation.jsonl", "streaming_llm with position_shift=false", None),
+    "size": ("lm-eval-streaming experiment configs/model_size.yaml --output runs/model_size.jsonl",
+             "Pythia 70M / 410M / 6.9B, one family", "the README's loop 3 (`--model_id EleutherAI/$M ... --device mps`)"),
+    "hardware": ("lm-eval-streaming experiment configs/hardware.yaml --output runs/hardware.jsonl",
+                 "every device x dtype, kernel checks on",
+                 f"python scripts/benchmark.py --model_id EleutherAI/pythia-6.9b --max_tokens 2000 {MAC} "
+                 "--output runs/hw_mps_float16.json"),
+    "cache": ("lm-eval-streaming experiment configs/offline_cache_size.yaml --output "
+              "docs/experiments/offline_cache_size.jsonl", "several recent sizes", None),
+}
+
+
+def say_failures(criteria: list[Criterion], phrases: dict[str, str]) -> None:
+    """Give a failed criterion the words for what failed (its name holds a phrase key), so that a fail that is
+    good news never reads as bad news."""
+    for c in criteria:
+        if c.status == FAIL and c.outcome is None:
+            c.outcome = next((v for k, v in phrases.items() if k in c.name), None)
+
+
+def run_next(what: str) -> str:
+    """"run `COMMAND` (what it adds; on a Mac: `COMMAND`)" for one of NEXT's keys."""
+    here, adds, mac = NEXT[what]
+    if mac is None:
+        return f"run `{here}` ({adds})"
+    return f"run `{here}` ({adds}; on a Mac: {mac if mac.startswith('the ') else f'`{mac}`'})"
 
 
 # ------------------------------------------------------------------ results
 @dataclass
 class Criterion:
-    name: str
+    name: str  # phrased as a claim: "pass" means the claim holds
     status: str  # PASS | FAIL | UNDECIDED
     evidence: str
-    key: bool = False  # the criterion without which the hypothesis cannot be supported
-    required: bool = True  # informational criteria neither support nor rule out
+    key: bool = False  # key criteria decide the verdict; side criteria (key=False) only inform
+    outcome: str | None = None  # what the status means in words, e.g. "numerical problem not found"
+    next_step: str | None = None  # what to run when it cannot be decided
+    short: str | None = None  # the key numbers in a few words (verdict table, 原因分析)
+
+    def brief(self, limit: int = 140) -> str:
+        """The key numbers: ``short``, else the evidence cut at a word boundary."""
+        text = self.short or self.evidence
+        return text if len(text) <= limit else text[: limit - 2].rsplit(" ", 1)[0] + " …"
+
+    @property
+    def required(self) -> bool:
+        """Whether the criterion can support or rule out its hypothesis (only key criteria can)."""
+        return self.key
 
 
 @dataclass
@@ -45,19 +93,29 @@ class Hypothesis:
     scope: str | None = None  # where the verdict holds, when it holds only for what was measured
 
     @property
+    def keys(self) -> list[Criterion]:
+        return [c for c in self.criteria if c.key]
+
+    @property
     def verdict(self) -> str:
-        required = [c for c in self.criteria if c.required]
-        if any(c.status == FAIL for c in required):
+        """Key criteria only: ruled out when one fails, supported when every one passes, else cannot decide
+        (a side criterion never decides: it fails for reasons of its own, e.g. a short benchmark)."""
+        keys = self.keys
+        if any(c.status == FAIL for c in keys):
             return RULED_OUT
-        if any(c.key for c in required) and all(c.status == PASS for c in required if c.key):
+        if keys and all(c.status == PASS for c in keys):
             return SUPPORTED
         return OPEN
 
     def failed(self) -> list[Criterion]:
-        return [c for c in self.criteria if c.required and c.status == FAIL]
+        return [c for c in self.keys if c.status == FAIL]
 
     def undecided(self) -> list[Criterion]:
-        return [c for c in self.criteria if c.required and c.status == UNDECIDED]
+        return [c for c in self.keys if c.status == UNDECIDED]
+
+    def next_steps(self) -> list[str]:
+        """Commands that would decide the undecided key criteria (each once)."""
+        return list(dict.fromkeys(c.next_step for c in self.undecided() if c.next_step))
 
 
 @dataclass
@@ -73,6 +131,12 @@ class Analysis:
     summary: str
     tolerance: float = TOLERANCE  # the no-change threshold the verdict used
     figures: list[str] = field(default_factory=list)
+    # the seed's 原因分析: (ticked, line label, evidence) for 压缩提升预测能力 / 数值稳定性问题 / 其他
+    reasons: list[tuple[bool, str, str]] = field(default_factory=list)
+    critical: list = field(default_factory=list)  # critical.CriticalPoint per run
+    critical_main: object = None  # the critical point the template cites (None: not reached anywhere)
+    kernels: list = field(default_factory=list)  # numerics.KernelJudgement per device x dtype x kernel
+    notes: list[str] = field(default_factory=list)  # what was not measured (accuracy, per-sample curves)
 
     @property
     def verdicts(self) -> dict[str, str]:

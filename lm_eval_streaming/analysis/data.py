@@ -73,7 +73,13 @@ def relative_length(run: Run):
 
 # ------------------------------------------------------------------ per-row quantities
 def kernel_name(row: Row) -> str:
-    return row.attn_implementation or "kernel not recorded"
+    """The dense kernel, ``@full`` when the row scored each sample in one model call (the seed's baseline)."""
+    return (row.attn_implementation or "kernel not recorded") + ("@full" if row.one_call else "")
+
+
+def is_ablation(row: Row) -> bool:
+    """streaming_llm's tokens at their true distances (position_shift=false): the decisive ablation."""
+    return row.method == "streaming_llm" and row.position_shift is False
 
 
 def delta_class(row: Row, tol: float) -> str:
@@ -136,7 +142,8 @@ class Data:
         self.runs = dedupe(runs)
         self.entries = [Scored(run, row) for run in self.runs for row in run.rows]
         self.dense = [e for e in self.entries if e.row.is_dense]
-        self.streaming = [e for e in self.entries if e.row.method == "streaming_llm"]
+        self.streaming = [e for e in self.entries if e.row.method == "streaming_llm" and not is_ablation(e.row)]
+        self.ablation = [e for e in self.entries if is_ablation(e.row)]
         self.window = [e for e in self.entries if e.row.method == "window"]
         self.ref = [e for e in (self.ref_of(run) for run in self.runs) if e is not None]
         self.model_run = {r.model_id: r for r in self.runs}  # one run per model: its size, family, context
@@ -156,13 +163,18 @@ class Data:
 
     def ref_of(self, run: Run) -> Scored | None:
         """The run's streaming_llm row closest to the seed's recent size (the setting the phenomenon is about)."""
-        rows = [r for r in run.rows if r.method == "streaming_llm" and r.recent_size is not None]
+        rows = [r for r in run.rows if r.method == "streaming_llm" and r.recent_size is not None and not is_ablation(r)]
         if not rows:
             return None
         return Scored(run, min(rows, key=lambda r: (abs(r.recent_size - REF_RECENT), r.recent_size)))
 
     def of_method(self, run: Run, method: str) -> list[Scored]:
-        return [Scored(run, r) for r in run.rows if r.method == method]
+        return [Scored(run, r) for r in run.rows if r.method == method and not is_ablation(r)]
+
+    def ablation_of(self, run: Run, like: Row) -> Row | None:
+        """The run's position_shift=false row with the same sinks and recent size as ``like``."""
+        return next((r for r in run.rows if is_ablation(r) and (r.start_size, r.recent_size)
+                     == (like.start_size, like.recent_size)), None)
 
     def is_long(self, run: Run) -> bool | None:
         """Whether dense had to use positions past the trained context; by the lengths tested when unknown."""

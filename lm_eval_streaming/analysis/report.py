@@ -3,15 +3,18 @@ figures and the data table ("n/a" where a value was not measured)."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import PurePath
 from typing import Iterable
 from urllib.parse import quote
 
-from lm_eval_streaming.analysis.base import (CAUSAL_TOL, HUGE_ATTN_SCORE, HUGE_LOGIT, HW_TOLERANCE, KERNEL_SHARE, Analysis, fmt, interval,
-                           signed)
-from lm_eval_streaming.analysis.data import Scored, nonfinite
+from lm_eval_streaming.analysis.base import (CAUSAL_TOL, HUGE_ATTN_SCORE, HUGE_LOGIT, HW_TOLERANCE, KERNEL_SHARE, OPEN,
+                                            PASS, RULED_OUT, UNDECIDED, Analysis, fmt, interval, signed)
+from lm_eval_streaming.analysis.critical import smoothing_text
+from lm_eval_streaming.analysis.hypotheses.numerics import BROKEN, CLEAN, UNMEASURED
+from lm_eval_streaming.analysis.data import Scored, kernel_name, nonfinite
 
-COLUMNS = ("run", "samples", "model", "device", "dtype", "tokens", "method", "kernel", "ppl", "acc", "ΔNLL [CI]", "Δacc",
+COLUMNS = ("run", "samples", "model", "device", "dtype", "tokens", "method", "kernel", "ppl", "acc [CI]", "ΔNLL [CI]", "Δacc",
            "vs dense",
            "kernel error (mean)", "probe max abs Δlogit", "non-finite", "max abs logit")
 
@@ -27,11 +30,19 @@ def figure_link(path: str) -> str:
     return f"![{PurePath(path).stem}]({quote(posix)})"
 
 
+def _acc(row) -> str:
+    """Accuracy with its interval kept within [0, 1] (a t interval can reach past the bounds)."""
+    if row.acc is None:
+        return "not measured"
+    ci = row.acc_ci
+    return fmt(row.acc, 4) + ("" if ci is None else f" [{max(0.0, ci.low):.4f}, {min(1.0, ci.high):.4f}]")
+
+
 def _cells(e: Scored) -> list[str]:
     run, row = e.run, e.row
     ke, probe, bad = row.kernel_error, row.causality, nonfinite(row)
     return [run_name(run), str(run.num_samples), run.model_id, run.device, run.dtype, str(run.max_tokens), row.label(),
-            row.attn_implementation or "n/a", fmt(row.ppl, 2), fmt(row.acc, 4),
+            kernel_name(row) if row.attn_implementation else "n/a", fmt(row.ppl, 2), _acc(row),
             "" if row.delta_nll_vs_dense is None else signed(row.delta_nll_vs_dense) + interval(row.delta_nll_ci),
             "" if row.delta_acc_vs_dense is None else signed(row.delta_acc_vs_dense, 4),
             row.delta_reference or "",
@@ -50,39 +61,146 @@ def _table(a: Analysis) -> str:
     return "\n".join(lines)
 
 
+MAX_CELL = 170  # characters of a table cell; longer evidence goes to the details list below the table
+WRAP = 200  # prose lines are wrapped here (markdown joins them): no line much over 300 characters
+
+
+def wrap(text: str, indent: str = "") -> list[str]:
+    """A paragraph (or a bullet, with ``indent`` for its continuation lines) as lines of at most WRAP characters."""
+    return textwrap.wrap(text, WRAP, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def cell(text: str) -> str:
+    text = str(text).replace("|", "/").replace("\n", " ")
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 20].rsplit(" ", 1)[0] + " … (details below)"
+
+
+def table(head, rows) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+
+
+def status_text(c) -> str:
+    """pass / fail / cannot decide, with what it means when that is not obvious ("fail" is never left bare where it
+    is good news, e.g. "fail: numerical problem not found")."""
+    return c.status + (f": {c.outcome}" if c.outcome and c.status != PASS else "")
+
+
+def _verdict_table(a: Analysis) -> list[str]:
+    rows = []
+    for h in a.hypotheses.values():
+        deciding = {RULED_OUT: h.failed(), OPEN: h.undecided()}.get(h.verdict, h.keys)
+        by = "; ".join(f"{c.name} ({status_text(c)})" for c in deciding[:1]) or "no key criterion"
+        by += f"; +{len(deciding) - 1} more (criteria below)" if len(deciding) > 1 else ""
+        numbers = deciding[0].brief(110) if deciding else ""
+        if h.verdict == OPEN and h.next_steps():
+            numbers = f"next: {h.next_steps()[0]}"
+        rows.append([h.label, h.verdict, by, numbers])
+    return table(("hypothesis", "verdict", "decided by (key criteria)", "key numbers"), rows)
+
+
+def _criteria_table(h) -> list[str]:
+    out = table(("criterion", "key or side", "pass / fail / cannot decide", "numbers"),
+                [[c.name, "key" if c.key else "side", status_text(c), c.evidence] for c in h.criteria])
+    long = [c for c in h.criteria if len(c.evidence) > MAX_CELL]
+    nexts = [c for c in h.criteria if c.status == UNDECIDED and c.next_step]
+    if long or nexts:
+        out.append("")
+    for c in long:
+        out += wrap(f"- {c.name}: {c.evidence}", "  ")
+    for c in nexts:
+        out += wrap(f"- to decide '{c.name}': {c.next_step}", "  ")
+    return out
+
+
+def _kernel_table(a: Analysis) -> list[str]:
+    if not a.kernels:
+        return ["No dense rows."]
+    return table(("device/dtype/kernel", "probe", "kernel error", "NaN/Inf", "verdict"),
+                 [[f"{j.device}/{j.dtype}/{j.kernel}", j.cells["probe"], j.cells["kernel error"], j.cells["NaN/Inf"],
+                   {BROKEN: "numerical problem found", CLEAN: "numerical problem not found",
+                    UNMEASURED: "not measured"}[j.status]] for j in a.kernels])
+
+
+def _critical_table(a: Analysis) -> list[str]:
+    if not a.critical:
+        return ["No run has NLL-by-position curves of dense and streaming on the same buckets."]
+    rows = []
+    for p in sorted(a.critical, key=lambda p: (p.run.model_id, p.run.device, p.run.dtype, p.run.max_tokens)):
+        m = p.multiple(p.pooled)
+        rows.append([run_name(p.run), f"{p.run.model_id} {p.run.device}/{p.run.dtype}", str(p.run.max_tokens),
+                     str(p.run.num_samples), f"{p.dense.label()} vs {p.streaming.label()}",
+                     "not reached" if p.pooled is None else f"{p.pooled:.0f}", "" if m is None else f"{m:.2f}x",
+                     p.spread()])
+    return table(("run", "model device/dtype", "tokens", "samples", "rows", "critical point (tokens)",
+                  "x trained context", "per sample"), rows)
+
+
+def _template(a: Analysis) -> list[str]:
+    """The seed's 结论模板 in its own form."""
+    out = ["### 现象描述", ""] + wrap(a.phenomenon) + ["", "### 原因分析", ""]
+    for ticked, label, why in a.reasons:
+        out += wrap(f"- {'☑' if ticked else '□'} {label}: {why}", "  ")
+    if not any(t for t, _, _ in a.reasons):
+        steps = [s for h in a.hypotheses.values() for s in h.next_steps()]
+        out += [""] + wrap("无法判定 (cannot decide): no hypothesis is supported by its key criteria."
+                           + (f" Next: {steps[0]}" if steps else ""))
+    out += ["", "### 适用范围", ""]
+    size = a.scope["model size"]
+    out += wrap(f"- 模型大小: {size if size.startswith('无法判定') else size}", "  ")
+    out += wrap(f"- 序列长度: {a.scope['sequence length']}", "  ")
+    out += wrap(f"- 硬件限制: MPS / CUDA / CPU: {a.scope['hardware']}", "  ")
+    out += ["", "### 实际意义", ""] + wrap(a.meaning)
+    return out
+
+
+def _readable_summary(a: Analysis) -> list[str]:
+    verdicts = "; ".join(f"{h.label.split(' (')[0].split(':')[0]}: {h.verdict}" for h in a.hypotheses.values())
+    ticked = next((label for t, label, _ in a.reasons if t), None)
+    cp = a.critical_main
+    lines = [f"- Verdicts: {verdicts}.",
+             f"- Cause: {'☑ ' + ticked if ticked else '无法判定 cannot decide (no hypothesis supported by its key criteria)'}.",
+             "- Critical point: " + (f"dense degrades against streaming from {cp.text()} on ({cp.spread()})."
+                                     if cp else "not reached in this data.")]
+    abl = next((c for c in a.hypotheses["extrapolation"].criteria if c.name.startswith("same cache at true")), None)
+    if abl is not None:
+        lines.append("- Ablation (position_shift=false): " + (f"{status_text(abl)}: {abl.evidence}"
+                                                              if abl.status != UNDECIDED else
+                                                              f"{abl.evidence}; {abl.next_step}"))
+    lines += [f"- {n}" for n in a.notes]
+    out = []
+    for line in lines:
+        out += wrap(line, "  ")
+    return out
+
+
 def render_report(a: Analysis, sources: Iterable[str] = (), figure_links: Iterable[str] = ()) -> str:
     out = ["# StreamingLLM vs dense attention: which hypothesis does the data support?", ""]
     srcs = list(sources)
     if srcs:
         rows = sum(len(r.rows) for r in a.runs)
-        out += ["Data: " + ", ".join(f"`{s}`" for s in srcs) + f" ({len(a.runs)} runs, {rows} rows).", ""]
-    out += ["## Verdicts", "", a.summary, "",
-            "## Conclusion (结论)", "",
-            f"**现象 (Phenomenon):** {a.phenomenon}", "",
-            f"**原因 (Cause):** {a.cause}", ""]
-    if a.cause_evidence:
-        out += ["Evidence:", ""] + [f"- {e}" for e in a.cause_evidence] + [""]
-    out += ["**适用范围 (Scope):**", "",
-            f"- 模型规模 model size: {a.scope['model size']}",
-            f"- 序列长度 sequence length: {a.scope['sequence length']}",
-            f"- 硬件 hardware (MPS / CUDA / CPU): {a.scope['hardware']}", "",
-            f"**实际意义 (Practical meaning):** {a.meaning}", "",
-            "## Judgement rules, criterion by criterion", ""]
+        out += wrap("Data: " + ", ".join(f"`{s}`" for s in srcs) + f" ({len(a.runs)} runs, {rows} rows).") + [""]
+    out += ["## Verdicts", ""] + _verdict_table(a) + [""]
+    out += ["A hypothesis is supported or ruled out by its key criteria only; side criteria inform. "
+            "Details: docs/verdict.md.", "", "## Summary", ""] + _readable_summary(a) + [""]
+    out += ["## 结论 (the seed's template)", ""] + _template(a) + [""]
+    out += ["## Critical point", ""] + wrap(f"Rule: the first position after which dense's NLL exceeds streaming's by "
+                                            f"more than {a.tolerance} nats/token and stays above; smoothing: "
+                                            f"{smoothing_text(a.critical) or 'n/a'}.") + [""]
+    out += _critical_table(a) + [""]
+    out += ["## Numerics per dense kernel", ""] + _kernel_table(a) + [""]
+    out += ["## Criteria, hypothesis by hypothesis", ""]
     for h in a.hypotheses.values():
-        out += [f"### {h.label}: {h.verdict}", ""]
-        for c in h.criteria:
-            tag = " (key)" if c.key else "" if c.required else " (informational)"
-            out.append(f"- [{c.status}] {c.name}{tag}: {c.evidence}")
-        out.append("")
+        out += [f"### {h.label}: {h.verdict}", ""] + _criteria_table(h) + [""]
     links = list(figure_links)
     if links:
         out += ["## Figures", ""] + [figure_link(p) for p in links] + [""]
-    out += ["## Data", "", _table(a), "",
-            f"Thresholds: no change below {a.tolerance} nats/token (set with --tolerance); device/dtype spread <= "
-            f"{HW_TOLERANCE}; a dense kernel is broken when its causality probe exceeds {CAUSAL_TOL:g} (float32 noise "
-            f"is ~1e-5), its mean kernel error exceeds {KERNEL_SHARE:g} x the streaming advantage in the same run (the "
-            "tolerance where there is none), or it produced NaN/Inf; huge |logit| > "
-            f"{HUGE_LOGIT:g}, huge |attention score| > {HUGE_ATTN_SCORE:g} (informational). ΔNLL = NLL(row) - "
-            "NLL(dense row named in 'vs dense') on the same samples; negative = better than dense. n/a = not measured.",
-            ""]
+    out += ["## Data", "", _table(a), ""]
+    out += wrap(f"Thresholds: no change below {a.tolerance} nats/token (set with --tolerance); device/dtype spread <= "
+                f"{HW_TOLERANCE}; a dense kernel is broken when its causality probe exceeds {CAUSAL_TOL:g} (float32 "
+                f"noise is ~1e-5), its mean kernel error exceeds {KERNEL_SHARE:g} x the streaming advantage in the same "
+                "run (the tolerance where there is none), or it produced NaN/Inf; huge |logit| > "
+                f"{HUGE_LOGIT:g}, huge |attention score| > {HUGE_ATTN_SCORE:g} (informational). ΔNLL = NLL(row) - "
+                "NLL(dense row named in 'vs dense') on the same samples; negative = better than dense. n/a = not "
+                "measured.") + [""]
     return "\n".join(out)

@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections import defaultdict
 
 from lm_eval_streaming.records import Run
-from lm_eval_streaming.analysis.base import (OPEN, PASS, RULED_OUT, SUPPORTED, TOLERANCE, Analysis, fmt, interval, signed)
+from lm_eval_streaming.analysis.base import (OPEN, PASS, RULED_OUT, SUPPORTED, TOLERANCE, Analysis, fmt, interval, run_next,
+                                            signed)
 from lm_eval_streaming.analysis.hypotheses.compression import compression
 from lm_eval_streaming.analysis.data import Data, delta_class, effect, family_of, kernel_name, size_label
 from lm_eval_streaming.analysis.hypotheses.extrapolation import extrapolation
-from lm_eval_streaming.analysis.hypotheses.numerics import BROKEN, UNMEASURED, judge_kernels, listing, numerical
+from lm_eval_streaming.analysis.hypotheses.numerics import (BROKEN, UNMEASURED, device_type, judge_kernels, listing,
+                                                             numerical)
 
 
 def _dense_kernels(d: Data, runs) -> str:
@@ -42,25 +44,48 @@ def phenomenon(d: Data) -> tuple[str, bool]:
 
 
 # ------------------------------------------------------------------ 适用范围
-def _size_scope(d: Data) -> str:
+def _size_scope(d: Data, points=()) -> str:
+    """Model sizes with the effect (streaming significantly better, or a critical point reached), per family."""
     families = defaultdict(list)
     for m in d.models:
         families[family_of(d.model_run[m])].append(m)
+    reached = {p.run.model_id for p in points if p.pooled is not None}
     parts = []
     for (family, tc), models in families.items():
         tested = ", ".join(size_label(d.model_run[m]) for m in models)
-        eff = [m for m in models if effect([e for e in d.ref if e.run.model_id == m], d.tol) == "effect"]
+        eff = [m for m in models
+               if m in reached or effect([e for e in d.ref if e.run.model_id == m], d.tol) == "effect"]
         where = f"{family} (trained context {tc})"
         if not eff:
             parts.append(f"{where}: no model size shows the effect (tested: {tested})")
         elif len(models) < 2:
-            parts.append(f"{where}: only {tested} tested: the size range cannot be bounded")
+            parts.append(f"{where}: only {tested} tested, the effect is seen there: the size range cannot be bounded")
         else:
             parts.append(f"{where}: >= {size_label(d.model_run[eff[0]])} (tested: {tested})")
     return "; ".join(parts) + ("; sizes compared only within a family" if len(families) > 1 else "") or "none"
 
 
-def _length_scope(d: Data, cause_key: str | None) -> str:
+def critical_points(d: Data) -> list:
+    """The critical point of every run with a reference dense row and a streaming row on the same curve buckets."""
+    from lm_eval_streaming.analysis.critical import critical_point
+
+    out = []
+    for run in d.runs:
+        dense, s = d.dense_of(run), d.ref_of(run)
+        if dense is not None and s is not None:
+            cp = critical_point(run, dense, s.row, d.tol)
+            if cp is not None:
+                out.append(cp)
+    return out
+
+
+def main_critical(points: list):
+    """The one the template cites: reached, from the longest run (most positions past it), then most samples."""
+    reached = [p for p in points if p.pooled is not None]
+    return max(reached, key=lambda p: (p.run.max_tokens, p.run.num_samples), default=None)
+
+
+def _length_scope(d: Data, points: list, main) -> str:
     def as_multiple(run: Run) -> str:
         return f"{run.max_tokens} ({run.max_tokens / run.trained_context:.2g}x)" if run.trained_context \
             else str(run.max_tokens)
@@ -68,28 +93,57 @@ def _length_scope(d: Data, cause_key: str | None) -> str:
     runs = sorted({(r.max_tokens, r.trained_context): r for r in d.runs}.values(),
                   key=lambda r: (r.max_tokens, r.trained_context or 0))
     tested = ", ".join(as_multiple(r) for r in runs) or "none"
-    eff = sorted((e.run for e in d.ref if delta_class(e.row, d.tol) == "better"), key=lambda r: r.max_tokens)
-    tcs = ", ".join(f"{tc} for {m}" for m, tc in d.trained_contexts.items() if tc)
-    if not eff:
-        return f"no length shows a significant effect (tested, tokens and multiple of the trained context: {tested})"
-    text = f">= {as_multiple(eff[0])} tokens (tested: {tested}; trained context {tcs or 'unknown'})"
-    if cause_key == "extrapolation":
-        text += "; i.e. only past the trained context"
-    return text
+    if main is None:
+        why = (f"dense's NLL never stays above streaming's by more than {d.tol} nats to the end of a sample"
+               if points else "no run has NLL-by-position curves of dense and streaming")
+        return f"not reached: {why} (lengths tested, tokens and multiple of the trained context: {tested})"
+    significant = any(delta_class(e.row, d.tol) == "better" for e in d.ref)
+    others = [p for p in points if p.pooled is not None and p is not main]
+    return (f">= {main.pooled:.0f} tokens" + (" (from the first positions: streaming lower throughout)"
+                                              if main.pooled == 0 else "") + (f" ({main.multiple(main.pooled):.2f}x the trained context "
+                                              f"{main.run.trained_context})" if main.run.trained_context else "")
+            + f": the critical point of {main.run.model_id} {main.run.device}/{main.run.dtype}, "
+              f"{main.run.max_tokens}-token samples; per sample: {main.spread()}"
+            + (f"; also reached in {len(others)} other run(s) at "
+               + ", ".join(f"{p.pooled:.0f} ({p.run.max_tokens} tok)" for p in others[:4]) if others else "")
+            + f" (lengths tested: {tested})"
+            + ("" if significant else "; no length shows a significant effect (too few samples for an interval, or "
+                                      "the interval includes 0)"))
 
 
-def _hardware_scope(d: Data) -> str:
-    per_hw = defaultdict(set)
-    for e in d.dense:
-        per_hw[(e.run.device, e.run.dtype)].add(kernel_name(e.row))
-    tested = "; ".join(f"{dv}/{dt} (dense through {', '.join(sorted(ks))})" for (dv, dt), ks in sorted(per_hw.items()))
-    seen = sorted({f"{e.run.device}/{e.run.dtype}" for e in d.ref if delta_class(e.row, d.tol) == "better"})
-    untested = [x.upper() for x in ("mps", "cuda", "cpu") if not any(str(dv).startswith(x) for dv, _ in d.hardware)]
-    measured = [j for j in judge_kernels(d) if j.status != UNMEASURED]
-    return (f"effect seen on {', '.join(seen) or 'none'}; tested: {tested or 'none'}"
-            + (f"; not tested: {', '.join(untested)}" if untested else "")
-            + (f"; kernel error and causality probe measured for {listing(measured)}" if measured
-               else "; no dense kernel's numerics were measured"))
+def _hardware_scope(d: Data, points: list, kernels: list) -> str:
+    seen, measured = defaultdict(set), defaultdict(set)
+    for e in d.ref:
+        measured[device_type(e.run.device)].add(e.run.dtype)
+    for e in d.ref:
+        if delta_class(e.row, d.tol) == "better":
+            seen[device_type(e.run.device)].add(f"{e.run.dtype}, {e.run.max_tokens} tok")
+    for p in points:
+        if p.pooled is not None:
+            seen[device_type(p.run.device)].add(f"{p.run.dtype}, past {p.pooled:.0f} of {p.run.max_tokens} tok")
+    devices = ("mps", "cuda", "cpu")
+    parts = [f"seen on {dev.upper()} ({'; '.join(sorted(seen[dev]))})" for dev in devices if seen[dev]]
+    not_seen = [f"{dev.upper()} ({', '.join(sorted(measured[dev]))})" for dev in devices
+                if measured[dev] and not seen[dev]]
+    untested = [dev.upper() for dev in devices if not measured[dev]]
+    parts += [f"not seen on {', '.join(not_seen)}"] if not_seen else []
+    parts += [f"not measured: {', '.join(untested)}"] if untested else []
+    checked = [j for j in kernels if j.status != UNMEASURED]
+    parts.append(f"kernel checks measured for {listing(checked, with_lengths=False)}" if checked
+                 else "no dense kernel's numerics were measured")
+    return "; ".join(parts) or "no streaming rows"
+
+
+def _size_line(d: Data, points: list) -> str:
+    """模型大小: the smallest size with the effect within a family that has several sizes, else why not."""
+    families = defaultdict(list)
+    for m in d.models:
+        families[family_of(d.model_run[m])].append(m)
+    bounded = [(f, ms) for f, ms in families.items() if len(ms) >= 2]
+    scope = _size_scope(d, points)
+    if not bounded:
+        return f"无法判定 cannot decide: {scope}; {run_next('size')}"
+    return scope
 
 
 def _meaning(d: Data, cause_key: str | None, hyps: dict) -> str:
@@ -123,6 +177,24 @@ CAUSES = {
 }
 
 
+def _reasons(hyps: dict, cause_key: str | None) -> list[tuple[bool, str, str]]:
+    """The seed's three 原因分析 lines: exactly one ticked when one hypothesis is supported, else none."""
+    out = []
+    for key, label in (("compression", "压缩提升预测能力"), ("numerical", "数值稳定性问题"),
+                       ("extrapolation", "其他: 位置外推 (超出训练长度)")):
+        h = hyps[key]
+        if h.verdict == SUPPORTED:
+            why = "; ".join(f"{c.name}: {c.brief()}" for c in h.keys)
+        elif h.verdict == RULED_OUT:
+            why = "ruled out: " + "; ".join(f"{c.outcome or c.name + ' fails'} ({c.brief(110)})" for c in h.failed())
+        else:
+            steps = h.next_steps()
+            why = ("证据不足 (cannot decide): " + "; ".join(c.name for c in h.undecided())
+                   + (f"; next: {steps[0]}" if steps else ""))
+        out.append((key == cause_key, label, why + (f" [where: {h.scope}]" if h.scope else "")))
+    return out
+
+
 def analyze(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> Analysis:
     """Judge the three hypotheses on typed runs (``records.load_runs``); recall points (``recall.load_recall_results``)
     make the practical meaning cite the measured stop distances, or say that recall was not measured."""
@@ -135,6 +207,14 @@ def analyze(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> 
     ruled = [k for k, h in hyps.items() if h.verdict == RULED_OUT]
     open_ = [k for k, h in hyps.items() if h.verdict == OPEN]
     cause_key = supported[0] if len(supported) == 1 else None
+    points = critical_points(d)
+    main = main_critical(points)
+    if main is not None:
+        text += (f" Critical point: dense's NLL exceeds streaming's by more than {d.tol} nats/token and stays above "
+                 f"from {main.text()} on ({main.run.max_tokens}-token samples; per sample: {main.spread()}).")
+    notes = _not_measured(d)
+    if notes:
+        text += " " + " ".join(notes)
     if not reproduced and not supported:
         cause = ("其他 other: no effect to explain — streaming is not significantly better than dense in this data, "
                  "so no cause can be assigned")
@@ -146,19 +226,32 @@ def analyze(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> 
         cause = ("其他 other: undecided — " + (f"ruled out: {', '.join(hyps[k].label for k in ruled)}; " if ruled else "")
                  + (f"not decidable from this data: {', '.join(hyps[k].label for k in open_)}" if open_ else ""))
     evidence = [f"{c.name}: {c.evidence}" for k in supported for c in hyps[k].criteria if c.key and c.status == PASS]
-    evidence += [f"rules out {hyps[k].label}: {c.name} fails — {c.evidence}"
+    evidence += [f"rules out {hyps[k].label}: {c.name}: {c.outcome or 'fails'} — {c.evidence}"
                  for k in ruled for c in hyps[k].failed()[:2]]
     summary = []
     for h in hyps.values():
         line = f"- **{h.label}**: {h.verdict}" + (f" ({h.scope})" if h.scope else "")
         if h.verdict == RULED_OUT:
-            line += " — fails: " + "; ".join(c.name for c in h.failed())
+            line += " — by: " + "; ".join(f"{c.name} ({c.outcome or 'fails'})" for c in h.failed())
         elif h.verdict == OPEN:
             line += " — cannot decide: " + "; ".join(c.name for c in h.undecided())
+            steps = h.next_steps()
+            line += f"; next: {steps[0]}" if steps else ""
         summary.append(line)
-    scope = {"model size": _size_scope(d), "sequence length": _length_scope(d, cause_key),
-             "hardware": _hardware_scope(d)}
+    kernels = judge_kernels(d)
+    scope = {"model size": _size_line(d, points), "sequence length": _length_scope(d, points, main),
+             "hardware": _hardware_scope(d, points, kernels)}
     meaning = _meaning(d, cause_key, hyps) + " " + practical_meaning(recall_points)
     return Analysis(runs=d.runs, hypotheses=hyps, phenomenon=text, cause=cause, cause_key=cause_key,
                     cause_evidence=evidence, scope=scope, meaning=meaning, summary="\n".join(summary),
-                    tolerance=tolerance)
+                    tolerance=tolerance, reasons=_reasons(hyps, cause_key), critical=points, critical_main=main,
+                    kernels=kernels, notes=notes)
+
+
+def _not_measured(d: Data) -> list[str]:
+    """Sentences on what the rows did not measure and what the verdict therefore uses."""
+    out = []
+    no_acc = [e for e in d.entries if e.row.acc is None]
+    if no_acc:
+        out.append(f"Accuracy was not measured in {len(no_acc)} of {len(d.entries)} rows: the verdicts use NLL alone.")
+    return out

@@ -32,6 +32,10 @@ def _finite_or_none(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
 def _legacy_interval(pair) -> Interval | None:
     if not pair or any(_finite_or_none(v) is None for v in pair):
         return None
@@ -53,15 +57,26 @@ def _legacy_buckets(d) -> Buckets | None:
     return Buckets(edges + [math.inf], nll, None if count is None else list(count))
 
 
-_ROW_REQUIRED = ("method", "start_size", "recent_size", "ppl", "acc", "nll_mean")
+_ROW_REQUIRED = ("method", "start_size", "recent_size")
 
 
 def row_from_legacy(d: dict) -> Row:
-    """One old flat row (absent fields -> None). Attention scores were observable only in the project's
-    kernel, so a row that recorded them ran through it; otherwise its kernel is unknown."""
+    """One old flat row (absent fields -> None: accuracy and intervals are optional, since other StreamingLLM
+    implementations log NLL only; perplexity and mean NLL are one number, either suffices). Attention scores were
+    observable only in the project's kernel, so a row that recorded them ran through it; otherwise its kernel is
+    unknown."""
     missing = [k for k in _ROW_REQUIRED if k not in d]
+    if "ppl" not in d and "nll_mean" not in d:
+        missing.append("ppl or nll_mean")
     if missing:
         raise RecordError(f"not a benchmark row: missing {', '.join(missing)}")
+    d = dict(d)
+    if _finite_or_none(d.get("acc")) is None:
+        d.pop("acc", None)
+    if "nll_mean" not in d:
+        d["nll_mean"] = math.log(d["ppl"]) if _finite_positive(d["ppl"]) else math.nan
+    if "ppl" not in d:
+        d["ppl"] = math.exp(d["nll_mean"]) if _finite_or_none(d["nll_mean"]) is not None else math.nan
     kwargs = {}
     for f in fields(Row):
         if f.name not in d:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from lm_eval_streaming.analysis.base import FAIL, PASS, UNDECIDED, Criterion, Hypothesis, finite, fmt, signed
+from lm_eval_streaming.analysis.base import FAIL, PASS, UNDECIDED, Criterion, Hypothesis, finite, fmt, run_next, signed
 from lm_eval_streaming.analysis.criteria import by_model_size, cache_curves, matched_groups
 from lm_eval_streaming.analysis.data import Data, effect, mean_delta
 
@@ -15,6 +15,13 @@ def compression(d: Data) -> Hypothesis:
     size = by_model_size(d, only_large=False)
     size.key = True
     h.criteria += [size, _every_hardware(d), _short_and_long(d), _interior_optimum(d)]
+    for c, what, missing in zip(h.criteria, ("size", "hardware", "length", "cache"),
+                                ("not on every model size", "not on every device/dtype", "not at every length",
+                                 "best cache size at the end of the range")):
+        if c.status == UNDECIDED:
+            c.next_step = run_next(what)
+        elif c.status == FAIL:
+            c.outcome = f"effect {missing}"
     return h
 
 

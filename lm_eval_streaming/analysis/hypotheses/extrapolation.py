@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 
-from lm_eval_streaming.analysis.base import FAIL, PASS, UNDECIDED, Criterion, Hypothesis, finite, fmt, interval, signed
+from lm_eval_streaming.analysis.base import (FAIL, PASS, UNDECIDED, Criterion, Hypothesis, finite, fmt, interval, run_next,
+                                            say_failures, signed)
 from lm_eval_streaming.analysis.criteria import hardware_spread
 from lm_eval_streaming.analysis.data import LOGIT_COUNTS, NONFINITE_FIELDS, Data, Scored, delta_class, nonfinite, regions
 
 JUMP = "dense NLL jumps beyond 1.1x the trained context (relative to streaming)"
 FLAT = "streaming NLL stays flat beyond 1.1x"
+ABLATION = ("same cache at true distances degrades past the trained context like dense (gap beyond 1.1x vs below "
+            "0.9x)")
 
 
 class _Pool:
@@ -29,30 +32,51 @@ class _Pool:
         return s / n if n else math.nan
 
 
-def extrapolation(d: Data) -> Hypothesis:
-    h = Hypothesis("extrapolation", "position extrapolation (位置外推): dense attention past the trained context")
+def _pooled_regions(d: Data, rows_of) -> tuple[_Pool, int]:
+    """Pool the regions of each run's rows (name -> Row, from ``rows_of(run)`` or None to skip the run); a run
+    counts towards the long runs when every row has tokens both below 0.9x and beyond 1.1x."""
     pool, n_long = _Pool(), 0
     for run in d.runs:
-        dense, s = d.dense_of(run), d.ref_of(run)
-        if dense is None or s is None:
+        rows = rows_of(run)
+        if rows is None:
             continue
-        rd, rs = regions(Scored(run, dense)), regions(s)
-        if "below" in rd and "below" in rs:
-            pool.add("d_below_all", rd["below"])
-            pool.add("s_below_all", rs["below"])
-            if "beyond" in rd and "beyond" in rs:
+        found = {k: regions(Scored(run, r)) for k, r in rows.items()}
+        if all("below" in f for f in found.values()):
+            for k, f in found.items():
+                pool.add(f"{k}_below_all", f["below"])
+            if all("beyond" in f for f in found.values()):
                 n_long += 1
-                for key, region in (("d_below", rd["below"]), ("s_below", rs["below"]), ("d_beyond", rd["beyond"]),
-                                    ("s_beyond", rs["beyond"])):
-                    pool.add(key, region)
+                for k, f in found.items():
+                    pool.add(f"{k}_below", f["below"])
+                    pool.add(f"{k}_beyond", f["beyond"])
+    return pool, n_long
+
+
+def _gap_growth(m, row: str) -> float:
+    """How much the row-minus-streaming NLL gap grows from below 0.9x to beyond 1.1x."""
+    return (m(f"{row}_beyond") - m("s_beyond")) - (m(f"{row}_below") - m("s_below"))
+
+
+def extrapolation(d: Data) -> Hypothesis:
+    h = Hypothesis("extrapolation", "position extrapolation (位置外推): dense attention past the trained context")
+
+    def dense_and_streaming(run):
+        dense, s = d.dense_of(run), d.ref_of(run)
+        return None if dense is None or s is None else {"d": dense, "s": s.row}
+
+    pool, n_long = _pooled_regions(d, dense_and_streaming)
     m = pool.mean
     if n_long:
-        jump = (m("d_beyond") - m("s_beyond")) - (m("d_below") - m("s_below"))
+        jump = _gap_growth(m, "d")
         h.criteria.append(Criterion(JUMP, PASS if jump > d.tol else FAIL,
                                     f"in the {n_long} run(s) with tokens beyond 1.1x the trained context: dense NLL "
                                     f"there {fmt(m('d_beyond'))} vs streaming {fmt(m('s_beyond'))}; below 0.9x: "
                                     f"{fmt(m('d_below'))} vs {fmt(m('s_below'))}; the dense-minus-streaming gap grows "
-                                    f"by {signed(jump)} nats beyond 1.1x (threshold {d.tol})", key=True))
+                                    f"by {signed(jump)} nats beyond 1.1x (threshold {d.tol})", key=True,
+                                    short=f"dense minus streaming {signed(m('d_below') - m('s_below'))} below 0.9x, "
+                                          f"{signed(m('d_beyond') - m('s_beyond'))} beyond 1.1x: grows by "
+                                          f"{signed(jump)} nats ({n_long} runs)",
+                                    outcome=None if jump > d.tol else "dense does not degrade past the trained context"))
         s_change, d_change = m("s_beyond") - m("s_below"), m("d_beyond") - m("d_below")
         limit = max(d.tol, 0.25 * max(d_change, 0.0))
         h.criteria.append(Criterion(FLAT, PASS if s_change <= limit else FAIL,
@@ -63,14 +87,50 @@ def extrapolation(d: Data) -> Hypothesis:
                if any(d.trained_contexts.values()) else "no trained context recorded")
         tcs = ", ".join(f"{m_}: {tc}" for m_, tc in d.trained_contexts.items())
         h.criteria.append(Criterion(JUMP, UNDECIDED, f"{why} (lengths {', '.join(map(str, d.lengths)) or 'none'}; "
-                                                     f"trained contexts {tcs or 'unknown'}): run lengths past the "
-                                                     "trained context", key=True))
+                                                     f"trained contexts {tcs or 'unknown'})", key=True,
+                                    next_step=run_next("length")))
         h.criteria.append(Criterion(FLAT, UNDECIDED, "no tokens beyond 1.1x the trained context"))
+    h.criteria.append(_ablation(d))
     h.criteria += [_not_worse_within(d, m("d_below_all") - m("s_below_all"), m("d_below_all"), m("s_below_all")),
                    _window_degrades(d),
                    hardware_spread(d, "dtype and device change the streaming-vs-dense gap little"),
                    no_nonfinite(d)]
+    say_failures(h.criteria, {"stays flat": "streaming NLL changes past the context too",
+                              "not worse within": "dense is worse within the trained context",
+                              "window-only": "window-only does not degrade",
+                              "change the streaming-vs-dense gap little": "device/dtype change the gap",
+                              "NaN": "NaN/Inf found"})
     return h
+
+
+def _ablation(d: Data) -> Criterion:
+    """The intervention: streaming_llm's tokens at their true distances (position_shift=false). Key when it reaches
+    beyond 1.1x the trained context; otherwise a side criterion that says what to run."""
+    def with_ablation(run):
+        s = d.ref_of(run)
+        a = d.ablation_of(run, s.row) if s is not None else None
+        dense = d.dense_of(run)
+        return None if a is None or dense is None else {"a": a, "s": s.row, "d": dense}
+
+    pool, n_long = _pooled_regions(d, with_ablation)
+    m = pool.mean
+    if not d.ablation:
+        return Criterion(ABLATION, UNDECIDED, "the ablation was not run (no streaming_llm row with "
+                                              "position_shift=false)", next_step=run_next("ablation"))
+    if not n_long:
+        return Criterion(ABLATION, UNDECIDED, f"position_shift=false rows in {len(d.ablation)} row(s), none with NLL "
+                                              "both below 0.9x and beyond 1.1x the trained context",
+                         next_step=run_next("ablation"))
+    grow, dense_grow = _gap_growth(m, "a"), _gap_growth(m, "d")
+    share = f"{grow / dense_grow:.0%} of dense's" if finite(dense_grow) and dense_grow > d.tol else "dense: no jump"
+    return Criterion(ABLATION, PASS if grow > d.tol else FAIL,
+                     f"in {n_long} run(s): position_shift=false NLL beyond 1.1x {fmt(m('a_beyond'))} vs streaming "
+                     f"{fmt(m('s_beyond'))} (dense {fmt(m('d_beyond'))}); below 0.9x {fmt(m('a_below'))} vs "
+                     f"{fmt(m('s_below'))} (dense {fmt(m('d_below'))}); its gap to streaming grows by {signed(grow)} "
+                     f"beyond 1.1x ({share} {signed(dense_grow)}; threshold {d.tol})", key=True,
+                     short=f"position_shift=false minus streaming grows by {signed(grow)} beyond 1.1x (dense "
+                           f"{signed(dense_grow)}; {n_long} runs)",
+                     outcome=None if grow > d.tol else "the same cache at true distances does not degrade")
 
 
 def _not_worse_within(d: Data, gap: float, dense: float, streaming: float) -> Criterion:

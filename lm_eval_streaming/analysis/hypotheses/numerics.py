@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from lm_eval_streaming.analysis.base import (CAUSAL_TOL, FAIL, HUGE_ATTN_SCORE, HUGE_LOGIT, KERNEL_SHARE, PASS, UNDECIDED, Criterion,
-                           Hypothesis, finite, fmt, signed)
+                           Hypothesis, finite, fmt, run_next, say_failures, signed)
 from lm_eval_streaming.analysis.criteria import by_model_size, cache_curves
 from lm_eval_streaming.analysis.data import (LOGIT_COUNTS, Data, Scored, effect, kernel_name, logit_counts_measured, mean_delta,
                            nonfinite)
@@ -38,9 +38,10 @@ class KernelJudgement:
     status: str  # BROKEN | CLEAN | UNMEASURED
     evidence: str
     lengths: list[int]  # run lengths (tokens) where the kernel error or the probe was measured
+    cells: dict[str, str]  # the kernel table's probe / kernel error / NaN/Inf cells ("not measured" when not)
 
 
-def _device_type(device: str) -> str:
+def device_type(device: str) -> str:
     return str(device).split(":")[0]
 
 
@@ -65,9 +66,10 @@ def _tokens(lengths) -> str:
     return ", ".join(map(str, sorted(set(lengths)))) + " tokens"
 
 
-def judge_kernel(d: Data, entries: list[Scored]) -> tuple[str, str, list[int]]:
-    """(status, evidence, measured lengths) of one device/dtype/kernel from its dense rows."""
+def judge_kernel(d: Data, entries: list[Scored]) -> tuple[str, str, list[int], dict[str, str]]:
+    """(status, evidence, measured lengths, table cells) of one device/dtype/kernel from its dense rows."""
     parts, missing, broken = [], [], False
+    cells = dict.fromkeys(("probe", "kernel error", "NaN/Inf"), "not measured")
     probes = [e for e in entries if e.row.causality is not None]
     if probes:
         e = max(probes, key=lambda e: (not finite(e.row.causality.max_abs_dlogit_overall),
@@ -77,6 +79,8 @@ def judge_kernel(d: Data, entries: list[Scored]) -> tuple[str, str, list[int]]:
         at = next((p for p, v in zip(c.positions, c.max_abs_dlogit) if v == worst), None)
         leak = not finite(worst) or worst > CAUSAL_TOL
         broken |= leak
+        cells["probe"] = (f"max abs Δlogit {worst:.2g}" + (f" at p={at}" if leak and at is not None else "")
+                          + (f" > {CAUSAL_TOL:g}: sees the future" if leak else f" <= {CAUSAL_TOL:g}"))
         parts.append(f"causality probe max |Δlogit| {worst:.2g}" + (f" at p={at}" if leak and at is not None else "")
                      + f" ({e.run.model_id}; probed at {_tokens(x.run.max_tokens for x in probes)}"
                      + (f"; > {CAUSAL_TOL:g}: positions see the future)" if leak else ")"))
@@ -95,6 +99,8 @@ def judge_kernel(d: Data, entries: list[Scored]) -> tuple[str, str, list[int]]:
         ke, limit, why, e = max(errors, key=badness)
         large = bool(ke.nonfinite) or not finite(ke.mean_abs_dnll) or ke.mean_abs_dnll > limit
         broken |= large
+        cells["kernel error"] = (f"mean {ke.mean_abs_dnll:.2g}, max {ke.max_abs_dnll:.2g} ({e.run.max_tokens} tok): "
+                                 f"{'above' if large else 'within'} {limit:.3g}")
         parts.append(f"kernel error mean |ΔNLL| {ke.mean_abs_dnll:.2g} (max {ke.max_abs_dnll:.2g}) vs {ke.reference} "
                      f"({e.run.model_id}, {e.run.max_tokens} tokens): {'above' if large else 'within'} {limit:.3g} "
                      f"({why})"
@@ -105,6 +111,7 @@ def judge_kernel(d: Data, entries: list[Scored]) -> tuple[str, str, list[int]]:
     if counted:
         total = sum(getattr(e.row, k) for e in counted for k in LOGIT_COUNTS)
         broken |= total > 0
+        cells["NaN/Inf"] = f"{total} in {len(counted)} row(s)"
         parts.append(f"{total} NaN/Inf logits or token NLLs in {len(counted)} row(s)")
     else:
         missing.append("NaN/Inf counts")
@@ -114,16 +121,16 @@ def judge_kernel(d: Data, entries: list[Scored]) -> tuple[str, str, list[int]]:
         parts.append(f"no kernel error or probe in {len(unmeasured)} row(s) at "
                      f"{_tokens(e.run.max_tokens for e in unmeasured)}")
     if broken:
-        return BROKEN, "; ".join(parts), lengths
+        return BROKEN, "; ".join(parts), lengths, cells
     if missing:
-        return UNMEASURED, "; ".join(parts + [f"not measured: {', '.join(missing)}"]), lengths
-    return CLEAN, "; ".join(parts), lengths
+        return UNMEASURED, "; ".join(parts + [f"not measured: {', '.join(missing)}"]), lengths, cells
+    return CLEAN, "; ".join(parts), lengths, cells
 
 
 def judge_kernels(d: Data) -> list[KernelJudgement]:
     groups = defaultdict(list)
     for e in d.dense:
-        groups[(_device_type(e.run.device), e.run.dtype, kernel_name(e.row))].append(e)
+        groups[(device_type(e.run.device), e.run.dtype, kernel_name(e.row))].append(e)
     return [KernelJudgement(dev, dt, k, *judge_kernel(d, entries)) for (dev, dt, k), entries in sorted(groups.items())]
 
 
@@ -169,16 +176,32 @@ def numerical_scope(judgements: list[KernelJudgement]) -> tuple[str, str, str]:
 # ------------------------------------------------------------------ the hypothesis
 def numerical(d: Data) -> Hypothesis:
     h = Hypothesis("numerical", "数值稳定性 numerical stability of the dense baseline")
-    status, evidence, scope = numerical_scope(judge_kernels(d))
+    judgements = judge_kernels(d)
+    status, evidence, scope = numerical_scope(judgements)
+    outcome = {FAIL: "numerical problem not found where measured", PASS: None,
+               UNDECIDED: "not measured"}[status]
+    counts = {st: sum(j.status == st for j in judgements) for st in (BROKEN, CLEAN, UNMEASURED)}
+    broken = [j for j in judgements if j.status == BROKEN]
+    short = ((f"broken: {listing(broken, with_lengths=False)}; " if broken else "")
+             + f"{counts[BROKEN]} broken, {counts[CLEAN]} clean, {counts[UNMEASURED]} not measured of "
+             f"{len(judgements)} device/dtype/kernel(s) (numerics table)"
+             + "".join(f"; {n}" for n in scope.split("; ") if n.startswith("not measured on")))
     h.criteria.append(Criterion("measured kernel error, causality probe and NaN/Inf of each dense kernel", status,
-                                evidence, key=True))
+                                evidence, key=True, outcome=outcome, short=short,
+                                next_step=run_next("hardware") if status == UNDECIDED else None))
     h.scope = scope
     h.criteria.append(_magnitudes(d))
     indirect = (by_model_size(d, only_large=True), _grows_with_length(d), _bigger_cache_approaches(d),
                 _absent_on_cuda(d))
-    for c in indirect:
-        c.required = False  # the seed's indirect signs: the measurement above decides
+    for c in indirect:  # the seed's indirect signs: side criteria, the measurement above decides
+        c.key = False
+        c.next_step = None
         h.criteria.append(c)
+    say_failures(h.criteria, {"magnitudes": "no huge logits or attention scores",
+                              "only in large models": "the effect is not only in large models",
+                              "grows with sequence length": "the effect does not grow with length",
+                              "bigger cache": "a bigger cache does not approach dense",
+                              "absent on CUDA": "not absent on CUDA"})
     return h
 
 
@@ -187,15 +210,14 @@ def _magnitudes(d: Data) -> Criterion:
     logits = [e for e in d.dense if e.row.max_abs_logit is not None]
     scores = [e.row.max_abs_attn_score for e in d.dense if e.row.max_abs_attn_score is not None]
     if not logits:
-        return Criterion(name, UNDECIDED, "max |logit| not measured", required=False)
+        return Criterion(name, UNDECIDED, "max |logit| not measured")
     worst = max(logits, key=lambda e: e.row.max_abs_logit)
     huge = worst.row.max_abs_logit > HUGE_LOGIT or any(s > HUGE_ATTN_SCORE for s in scores)
     return Criterion(
         name, PASS if huge else FAIL,
         f"max |logit| {fmt(worst.row.max_abs_logit, 1)} over {len(logits)} dense rows (huge means > {HUGE_LOGIT:g}); "
         + (f"max |attention score| {fmt(max(scores), 1)} where it was observable (huge means > {HUGE_ATTN_SCORE:g})"
-           if scores else "attention scores not measured (observable only in the project's kernel)"),
-        required=False)
+           if scores else "attention scores not measured (observable only in the project's kernel)"))
 
 
 def _grows_with_length(d: Data) -> Criterion:
@@ -247,8 +269,8 @@ def _bigger_cache_approaches(d: Data) -> Criterion:
 
 def _absent_on_cuda(d: Data) -> Criterion:
     name = "possibly absent on CUDA"
-    cuda = [e for e in d.ref if _device_type(e.run.device) == "cuda"]
-    other = [e for e in d.ref if _device_type(e.run.device) != "cuda"]
+    cuda = [e for e in d.ref if device_type(e.run.device) == "cuda"]
+    other = [e for e in d.ref if device_type(e.run.device) != "cuda"]
     if not (cuda and other):
         return Criterion(name, UNDECIDED, "needs streaming rows on CUDA and on another device")
     return Criterion(name, PASS if effect(cuda, d.tol) != "effect" and effect(other, d.tol) == "effect" else FAIL,
