@@ -11,13 +11,15 @@ from lm_eval_streaming.options import (DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, 
                       as_int, check_device_name, check_dtype, int_list)
 
 MODEL_DEFAULT_KERNEL = "default"  # in --dense_attn: the model's own attention implementation, as loaded
-DEFAULT_DENSE_ATTN = (MODEL_DEFAULT_KERNEL, REFERENCE_KERNEL)
+ONE_CALL = "@full"  # KERNEL@full in --dense_attn: each sample in one plain forward, no cache (the seed's baseline)
+# default@full is dropped (with one line saying so) where its memory estimate does not fit
+DEFAULT_DENSE_ATTN = (MODEL_DEFAULT_KERNEL, MODEL_DEFAULT_KERNEL + ONE_CALL, REFERENCE_KERNEL)
 
 DEFAULTS = {
     "model_id": "smollm2-135m", "methods": ["streaming_llm"], "max_tokens": 2000,
     "recent_sizes": [DEFAULT_RECENT_SIZE], "num_samples": 5, "num_warmup": 2, "start_size": DEFAULT_START_SIZE,
     "dtype": "float32", "device": None, "chunk_size": DEFAULT_CHUNK_SIZE, "dense_attn": list(DEFAULT_DENSE_ATTN),
-    "kernel_error": True, "causality_probe": True,
+    "kernel_error": True, "causality_probe": True, "position_shift": [True],
 }
 PARAMS = tuple(DEFAULTS)
 
@@ -30,6 +32,11 @@ def attention_names() -> list[str]:
     return [MODEL_DEFAULT_KERNEL, *kernels(available_only=True)]
 
 
+def split_one_call(name: str) -> tuple[str, bool]:
+    """``"sdpa@full"`` -> ("sdpa", True); ``"sdpa"`` -> ("sdpa", False)."""
+    return (name[: -len(ONE_CALL)], True) if name.endswith(ONE_CALL) else (name, False)
+
+
 def check_dense_attn(value) -> list[str]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
@@ -38,12 +45,32 @@ def check_dense_attn(value) -> list[str]:
     names = [x.strip() if isinstance(x, str) else x for x in items]
     names = [n for n in names if n != ""]
     allowed = attention_names()
-    bad = [n for n in names if n not in allowed]
+    bad = [n for n in names if not isinstance(n, str) or split_one_call(n)[0] not in allowed]
+    from lm_eval_streaming.core.attention import attention_names as kernels, check_attention_name
+
+    if bad and isinstance(bad[0], str) and split_one_call(bad[0])[0] in kernels():  # known, package missing
+        check_attention_name(split_one_call(bad[0])[0], "dense_attn", extra=(MODEL_DEFAULT_KERNEL,))
     if bad or not names:
         shown = bad[0] if bad else value
         raise StreamingArgError(f"dense_attn={shown!r} is {'unknown' if bad else 'empty'}: expected a comma list "
-                                f"from {', '.join(allowed)}")
+                                f"from {', '.join(allowed)}, each optionally with {ONE_CALL} (one call per sample)")
     return list(dict.fromkeys(names))
+
+
+def check_position_shift(value) -> list[bool]:
+    """``true`` / ``false`` / ``true,false`` (or a bool / list of bools): streaming_llm rows with the positional
+    shift, at true distances, or both."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    words = {"true": True, "false": False}
+    out = []
+    for x in items:
+        v = words.get(x.strip().lower()) if isinstance(x, str) else x
+        if not isinstance(v, bool):
+            raise StreamingArgError(f"position_shift={x!r} is not allowed: expected true, false or true,false")
+        out.append(v)
+    if not out:
+        raise StreamingArgError(f"position_shift={value!r} is empty: expected true, false or true,false")
+    return list(dict.fromkeys(out))
 
 
 def check_bool(name: str, value) -> bool:
@@ -90,6 +117,7 @@ def check_benchmark_args(**given) -> dict:
     a["dense_attn"] = check_dense_attn(a["dense_attn"])
     a["kernel_error"] = check_bool("kernel_error", a["kernel_error"])
     a["causality_probe"] = check_bool("causality_probe", a["causality_probe"])
+    a["position_shift"] = check_position_shift(a["position_shift"])
     for m in a["methods"]:
         for r in a["recent_sizes"]:
             try:

@@ -1,7 +1,8 @@
 """``lm-eval-streaming benchmark``: the seed's benchmark, dense baseline and every cache size on the same samples.
 
-One run scores dense once per attention kernel (``--dense_attn``; default: the model's own and the
-project's float32 reference) and every (method, recent size), all on the same distinct samples, and
+One run scores dense once per attention kernel (``--dense_attn``; default: the model's own chunked,
+the model's own in one call per sample (``default@full``, the seed's plain forward) and the project's
+float32 reference) and every (method, recent size[, position_shift]), all on the same distinct samples, and
 prints one table: perplexity and next-token accuracy (with a confidence interval over samples and
 the paired difference to the dense row through the model's own kernel), speed after warm-up, peak
 memory, diagnostics, and for dense rows the measured kernel error and causality probe.
@@ -15,7 +16,7 @@ import platform
 import sys
 from pathlib import Path
 
-from lm_eval_streaming.benchmark.args import DEFAULTS, MODEL_DEFAULT_KERNEL, check_benchmark_args
+from lm_eval_streaming.benchmark.args import DEFAULTS, MODEL_DEFAULT_KERNEL, check_benchmark_args, split_one_call
 from lm_eval_streaming.benchmark.rows import _PeakRSS, causality_stats, kernel_error_stats, score_row, set_deltas
 from lm_eval_streaming.core.loading import load_model, load_tokenizer, model_identity
 from lm_eval_streaming.options import DTYPE_NAMES, StreamingArgError
@@ -26,11 +27,44 @@ from lm_eval_streaming.benchmark.samples import load_samples, sample_spec
 __all__ = ["_PeakRSS", "load_model", "load_samples", "run_benchmark", "add_parser", "run", "main"]
 
 
-def _dense_kernels(model, names: list[str]) -> tuple[list[str], str]:
-    """(kernels to score dense with, the one deltas are relative to: the model's own if listed, else the first)."""
+def _dense_kernels(model, names: list[str], n_tokens: int, chunk_size: int,
+                   say=print) -> tuple[list[tuple[str, bool]], tuple[str, bool]]:
+    """([(kernel, one_call)] to score dense with, the one deltas are relative to: the model's own chunked if
+    listed, else the first). ``default@full`` is left out, with one line saying so, where its memory estimate
+    does not fit; another ``KERNEL@full`` that does not fit is refused before any row is scored."""
+    from lm_eval_streaming.core.methods import baseline_policy
+    from lm_eval_streaming.core.scoring import InsufficientMemory, check_memory
+
     own = model.config._attn_implementation
-    kernels = list(dict.fromkeys(own if n == MODEL_DEFAULT_KERNEL else n for n in names))
-    return kernels, own if own in kernels else kernels[0]
+    kernels = []
+    for name in names:
+        kernel, one_call = split_one_call(name)
+        setting = (own if kernel == MODEL_DEFAULT_KERNEL else kernel, one_call)
+        if one_call:
+            try:
+                check_memory(model, baseline_policy(), n_tokens, 1, chunk_size, True, setting[0])
+            except InsufficientMemory as e:
+                if kernel != MODEL_DEFAULT_KERNEL:
+                    raise
+                say(f"benchmark: {name} (dense in one call) left out: {e}")
+                continue
+        kernels.append(setting)
+    kernels = list(dict.fromkeys(kernels))
+    if not kernels:
+        raise StreamingArgError(f"dense_attn={','.join(names)}: no dense kernel fits in memory")
+    return kernels, (own, False) if (own, False) in kernels else kernels[0]
+
+
+def _cache_policies(a: dict) -> list:
+    """Every (method, recent size[, position_shift]) of the run, as policies."""
+    from lm_eval_streaming.core.methods import policy_for
+    from lm_eval_streaming.core.policy import _REGISTRY
+
+    out = []
+    for m in a["methods"]:
+        shifts = a["position_shift"] if "position_shift" in _REGISTRY[m].__dataclass_fields__ else [None]
+        out += [policy_for(m, a["start_size"], r, position_shift=ps) for r in a["recent_sizes"] for ps in shifts]
+    return out
 
 
 def _reference_for_kernel_error(model, samples, chunk_size, rows_scored):
@@ -41,8 +75,9 @@ def _reference_for_kernel_error(model, samples, chunk_size, rows_scored):
 
     import torch
 
-    if next(model.parameters()).dtype == torch.float32 and REFERENCE_KERNEL in rows_scored:
-        return rows_scored[REFERENCE_KERNEL], f"{REFERENCE_KERNEL}/float32/{input_device(model).type}"
+    ref_label = f"dense[{REFERENCE_KERNEL}]"
+    if next(model.parameters()).dtype == torch.float32 and ref_label in rows_scored:
+        return rows_scored[ref_label], f"{REFERENCE_KERNEL}/float32/{input_device(model).type}"
     return reference_scores(model, samples, chunk_size)
 
 
@@ -50,7 +85,7 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
                   recent_sizes=(252,), num_samples: int = 5, num_warmup: int = 2, start_size: int = 4,
                   dtype: str = "float32", device: str | None = None, chunk_size: int = 512,
                   dense_attn=None, kernel_error: bool = True, causality_probe: bool = True,
-                  model=None, tokenizer=None, progress: bool = True) -> Run:
+                  model=None, tokenizer=None, progress: bool = True, position_shift=None) -> Run:
     """Dense through every listed kernel + every (method, recent size), on the same samples: one Run.
 
     Every argument is validated before any work; the samples are built (or refused) before the weights
@@ -60,34 +95,37 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
     from tqdm import tqdm
 
     from lm_eval_streaming import __version__
-    from lm_eval_streaming.core.methods import baseline_policy, policy_for
+    from lm_eval_streaming.core.methods import baseline_policy
 
     a = check_benchmark_args(model_id=model_id, methods=list(methods), max_tokens=max_tokens,
                              recent_sizes=list(recent_sizes), num_samples=num_samples, num_warmup=num_warmup,
                              start_size=start_size, dtype=dtype, device=device, chunk_size=chunk_size,
-                             dense_attn=dense_attn, kernel_error=kernel_error, causality_probe=causality_probe)
+                             dense_attn=dense_attn, kernel_error=kernel_error, causality_probe=causality_probe,
+                             position_shift=position_shift)
     if tokenizer is None:
         tokenizer = load_tokenizer(a["model_id"])
     samples = load_samples(tokenizer, a["max_tokens"], a["num_samples"])
     if model is None:
         model, _ = load_model(a["model_id"], a["dtype"], a["device"], methods=a["methods"], tokenizer=tokenizer)
     trained_context = getattr(model.config, "max_position_embeddings", None)
-    kernels, delta_kernel = _dense_kernels(model, a["dense_attn"])
-    settings = [(baseline_policy(), k) for k in kernels]
-    settings += [(policy_for(m, a["start_size"], r), None) for m in a["methods"] for r in a["recent_sizes"]]
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    kernels, delta_kernel = _dense_kernels(model, a["dense_attn"], a["max_tokens"], a["chunk_size"], say)
+    settings = [(baseline_policy(), k, one_call) for k, one_call in kernels]
+    settings += [(policy, None, False) for policy in _cache_policies(a)]
     rows, dense_scored, reference = [], {}, None
-    for policy, kernel in tqdm(settings, desc="benchmark rows", disable=not progress, file=sys.stderr):
-        row, scored = score_row(model, samples, policy, a["chunk_size"], a["num_warmup"], trained_context, kernel)
+    for policy, kernel, one_call in tqdm(settings, desc="benchmark rows", disable=not progress, file=sys.stderr):
+        row, scored = score_row(model, samples, policy, a["chunk_size"], a["num_warmup"], trained_context, kernel,
+                                one_call)
         if policy.full_attention:
-            dense_scored[row.attn_implementation] = scored
+            dense_scored[row.label()] = scored
         rows.append(row)
-    base = next(r for r in rows if r.is_dense and r.attn_implementation == delta_kernel)
+    base = next(r for r in rows if r.is_dense and (r.attn_implementation, r.one_call) == delta_kernel)
     for row in rows:
         if row is not base:
             set_deltas(row, base)
         if row.is_dense and a["kernel_error"]:
             reference = reference or _reference_for_kernel_error(model, samples, a["chunk_size"], dense_scored)
-            row.kernel_error = kernel_error_stats(model, samples, row, dense_scored[row.attn_implementation],
+            row.kernel_error = kernel_error_stats(model, samples, row, dense_scored[row.label()],
                                                   reference, a["chunk_size"], trained_context)
         if row.is_dense and a["causality_probe"]:
             row.causality = causality_stats(model, samples, row, a["chunk_size"])
@@ -134,9 +172,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="cpu, cuda, cuda:N, mps (default: the best available; an unavailable one falls back "
                         "with a warning)")
     p.add_argument("--dense_attn", default=",".join(d["dense_attn"]),
-                   help="comma list of attention implementations to score dense with (default = the model's "
+                   help="comma list of attention implementations to score dense with, each optionally KERNEL@full = "
+                        "one plain forward per sample, no cache, the model's own mask path (the seed's baseline; "
+                        "default@full is left out where its memory estimate does not fit) (default = the model's "
                         "own, lm_eval_streaming = the project's float32 reference, sdpa, eager, ...); deltas are "
                         "relative to the model's own kernel when listed, else to the first")
+    p.add_argument("--position_shift", default=",".join(str(v).lower() for v in d["position_shift"]),
+                   help="streaming_llm rows: true = the positional shift (StreamingLLM), false = the same kept tokens "
+                        "at their true distances (kvpress's StreamingLLMPress), true,false = both (the ablation)")
     p.add_argument("--no_kernel_error", action="store_true",
                    help="skip the kernel error of dense rows (|dNLL| vs the float32 reference kernel)")
     p.add_argument("--no_causality_probe", action="store_true",
@@ -152,7 +195,7 @@ def run(args) -> int:
                   recent_sizes=args.recent_sizes, num_samples=args.num_samples, num_warmup=args.num_warmup,
                   start_size=args.start_size, dtype=args.dtype, device=args.device, chunk_size=args.chunk_size,
                   dense_attn=args.dense_attn, kernel_error=not args.no_kernel_error,
-                  causality_probe=not args.no_causality_probe)
+                  causality_probe=not args.no_causality_probe, position_shift=args.position_shift)
     a = check_benchmark_args(**kwargs)
     out = Path(args.output) if args.output else None
     if out is not None:

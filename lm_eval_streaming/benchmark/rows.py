@@ -47,13 +47,16 @@ def _finite_mean(values: torch.Tensor) -> float:
 
 
 def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warmup: int,
-              trained_context: int | None, attn_implementation: str | None = None) -> tuple[Row, list[ScoredTokens]]:
+              trained_context: int | None, attn_implementation: str | None = None,
+              one_call: bool = False) -> tuple[Row, list[ScoredTokens]]:
     """Score ``samples`` with ``policy`` (dense: through ``attn_implementation``, None = the model's own
-    kernel): warm-up passes untimed, every scored token timed. The row has no deltas yet."""
+    kernel; ``one_call``: one plain forward per sample): warm-up passes untimed, every scored token timed.
+    The row has no deltas yet."""
     kernel = resolve_kernel(model, policy, attn_implementation)
     device = input_device(model)
     for _ in range(num_warmup):  # untimed: allocation, kernel selection, lazy init
-        score_sequences(model, [samples[0][: chunk_size + 1]], policy, chunk_size, attn_implementation=kernel)
+        score_sequences(model, [samples[0][: chunk_size + 1]], policy, chunk_size, attn_implementation=kernel,
+                        one_call=one_call)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -62,7 +65,8 @@ def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warm
     with _PeakRSS() as rss:
         start = time.perf_counter()
         for seq in samples:
-            scored += score_sequences(model, [seq], policy, chunk_size, diag, attn_implementation=kernel)
+            scored += score_sequences(model, [seq], policy, chunk_size, diag, attn_implementation=kernel,
+                                      one_call=one_call)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
@@ -86,6 +90,7 @@ def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warm
     diagnostics = diag.as_dict()
     row = Row(
         method=policy.method, start_size=start_size, recent_size=recent_size, attn_implementation=kernel,
+        one_call=one_call if policy.full_attention else None, position_shift=getattr(policy, "position_shift", None),
         ppl=math.exp(nll_mean), acc=acc, nll_mean=nll_mean,
         ppl_ci=None if nll_ci is None else type(nll_ci)(math.exp(nll_ci.low), math.exp(nll_ci.high)),
         acc_ci=acc_ci, per_sample_nll=per_sample_nll, per_sample_acc=per_sample_acc, scored_tokens=n_tokens,
@@ -134,7 +139,7 @@ def _worst(values) -> float:
 def causality_stats(model, samples, row: Row, chunk_size: int, samples_probed: int = 1) -> CausalityStats:
     """Causality probe of a dense row's kernel on the first ``samples_probed`` samples (it costs about
     two passes up to each probed position); samples have one length, so the probed positions agree."""
-    probes = [causality_probe(model, seq, row.attn_implementation, chunk_size=chunk_size)
+    probes = [causality_probe(model, seq, row.attn_implementation, chunk_size=chunk_size, one_call=bool(row.one_call))
               for seq in samples[:samples_probed]]
     worst = [_worst(values) for values in zip(*(p.max_abs_dlogit for p in probes))]
     return CausalityStats(list(probes[0].positions), worst, _worst(worst), samples_probed=len(probes))

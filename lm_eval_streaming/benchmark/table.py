@@ -31,7 +31,9 @@ def format_table(run: Run) -> str:
         kerr = "" if r.kernel_error is None else f"{r.kernel_error.mean_abs_dnll:.1e}/{r.kernel_error.max_abs_dnll:.1e}"
         probe = "" if r.causality is None else f"{r.causality.max_abs_dlogit_overall:.1e}"
         rows.append([
-            r.method, r.attn_implementation or NA, "all" if r.recent_size is None else f"{r.start_size}+{r.recent_size}",
+            r.method + (" noshift" if r.position_shift is False else ""),
+            (r.attn_implementation or NA) + (" @full (1 call)" if r.one_call else ""),
+            "all" if r.recent_size is None else f"{r.start_size}+{r.recent_size}",
             f"{r.ppl:.3f}", _ci(r.ppl_ci, ".3f"), f"{r.acc:.4f}", _ci(r.acc_ci, ".4f"), delta,
             _num(r.tokens_per_s, ".1f"), _num(r.latency_ms_per_token, ".2f"), _mib(r.peak_kv_bytes),
             _mib(r.peak_rss_bytes), _mib(r.cuda_max_allocated_bytes), _num(r.max_position, "d"), exceeded, logits,

@@ -108,9 +108,10 @@ def default_probe_positions(length: int, chunk_size: int, count: int = 4) -> lis
 @torch.no_grad()
 def causality_probe(model, sequence: list[int], attn_implementation: str | None = None,
                     positions: list[int] | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    seed: int = 0) -> CausalityProbe:
+                    seed: int = 0, one_call: bool = False) -> CausalityProbe:
     """Dense through ``attn_implementation``: for each p, run the sequence and a copy whose tokens after p
-    are random, chunk by chunk as scoring does, and compare the logits at positions <= p."""
+    are random, chunk by chunk as scoring does (``one_call``: each in one plain forward, the seed's path),
+    and compare the logits at positions <= p."""
     chunk_size = as_int("chunk_size", chunk_size, 1)
     dense = baseline_policy()
     kernel = resolve_kernel(model, dense, attn_implementation)
@@ -127,10 +128,12 @@ def causality_probe(model, sequence: list[int], attn_implementation: str | None 
         for p in positions:
             altered = original.clone()
             altered[0, p + 1:] = torch.randint(0, vocab, (len(sequence) - p - 1,), generator=generator)
-            a, b = open_session(model, dense, kernel=kernel), open_session(model, dense, kernel=kernel)
+            a = open_session(model, dense, kernel=kernel, one_call=one_call)
+            b = open_session(model, dense, kernel=kernel, one_call=one_call)
             worst = 0.0
-            for start in range(0, p + 1, chunk_size):  # later chunks hold only positions > p
-                end = min(start + chunk_size, len(sequence))
+            step = len(sequence) if one_call else chunk_size
+            for start in range(0, p + 1, step):  # later chunks hold only positions > p
+                end = min(start + step, len(sequence))
                 la, lb = a.feed(original[:, start:end]), b.feed(altered[:, start:end])
                 seen = p + 1 - start  # positions start..p of this chunk
                 diff = float((la[:, :seen].float() - lb[:, :seen].float()).abs().amax())

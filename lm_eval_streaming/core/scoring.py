@@ -14,6 +14,7 @@ import torch
 from lm_eval_streaming.core.architectures import num_layers, rotary_inv_freq
 from lm_eval_streaming.core.attention import REFERENCE_KERNEL, ChunkContext, ScoreStats, attention_kernel, numerics
 from lm_eval_streaming.core.cache import StreamingCache, cache_nbytes
+from lm_eval_streaming.core.eviction import EvictingCache, ScoredPolicy, chunk_mask, pieces
 from lm_eval_streaming.errors import UserError
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, StreamingArgError, as_int
 from lm_eval_streaming.core.policy import CachePolicy
@@ -140,6 +141,33 @@ class ModelKernelSession:
         return logits
 
 
+class OneCallSession:
+    """Dense as a plain forward computes it (the seed's baseline): the whole sequence in ONE model call,
+    no cache, no position ids, the model's own kernel and mask path: exactly ``model(input_ids)``."""
+
+    def __init__(self, model, policy: CachePolicy, diagnostics: Diagnostics | None = None,
+                 kernel: str | None = None):
+        self.model, self.policy, self.diag = model, policy, diagnostics
+        self.device = input_device(model)
+        self.reference = kernel == REFERENCE_KERNEL  # the project's kernel needs its (dense) context
+        self.used = False
+        if diagnostics is not None and self.reference:
+            diagnostics.scores_measured = True
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.used:
+            raise RuntimeError("a one-call session scores one whole sequence: it takes one feed")
+        self.used = True
+        kwargs = {}
+        if self.reference:
+            pos = torch.arange(ids.shape[1])
+            stats = self.diag.scores if self.diag is not None else None
+            kwargs["streaming"] = ChunkContext.build(self.policy, pos, pos, None, stats).to(self.device)
+        logits = self.model(input_ids=ids.to(self.device), use_cache=False, **kwargs).logits
+        _observe_cache(self.diag, ids.shape[1], 0)
+        return logits
+
+
 def _observe_cache(diag: Diagnostics | None, pos: int, kv_bytes: int) -> None:
     if diag is not None:
         diag.max_position = max(diag.max_position, pos - 1)
@@ -198,10 +226,48 @@ class RecomputeSession:
         return ChunkContext.build(self.dense, pos, pos, None, stats).to(self.device)
 
 
-def open_session(model, policy: CachePolicy, diagnostics: Diagnostics | None = None, kernel: str = REFERENCE_KERNEL):
-    """A session for ``policy``; the caller holds ``attention_kernel(model, kernel)`` while feeding it."""
+class EvictingSession(CachedSession):
+    """h2o, tova, knorm (``core/eviction.py``): each chunk split at the pruning boundaries (every
+    ``evict_every`` tokens), one pass per piece over the kept entries + the piece, then a pruning."""
+
+    def __init__(self, model, policy: ScoredPolicy, diagnostics: Diagnostics | None = None):
+        super().__init__(model, policy, diagnostics)
+        self.cache = EvictingCache(policy, num_layers(model), self.inv_freq)
+
+    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+        batch, n = ids.shape
+        stats = self.diag.scores if self.diag is not None else None
+        observe = self.cache.observe if self.policy.observes else None
+        out = []
+        for a, b in pieces(self.policy, self.pos, n):
+            ctx = ChunkContext(blocked=chunk_mask(self.cache.n_kept, b - a), stats=stats, observe=observe)
+            positions = torch.arange(self.pos, self.pos + b - a, device=self.device)[None].expand(batch, -1)
+            out.append(_forward(self.model, ids[:, a:b].to(self.device), positions, ctx.to(self.device),
+                                cache=self.cache))
+            self.pos += b - a
+            _observe_cache(self.diag, self.pos, self.cache.nbytes())  # before pruning: the peak
+            if self.pos % self.policy.evict_every == 0:
+                self.cache.prune()
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
+def check_one_call(policy: CachePolicy, one_call: bool) -> None:
+    if one_call and not policy.full_attention:
+        raise StreamingArgError(f"chunk_size=full (one model call per sample) with method={policy.method}: "
+                                "it is the dense baseline as a plain forward computes it; use it with method=dense")
+
+
+def open_session(model, policy: CachePolicy, diagnostics: Diagnostics | None = None, kernel: str = REFERENCE_KERNEL,
+                 one_call: bool = False):
+    """A session for ``policy``; the caller holds ``attention_kernel(model, kernel)`` while feeding it.
+    ``one_call``: dense in one plain forward over the whole sequence (feed it once)."""
+    check_one_call(policy, one_call)
+    if one_call:
+        return OneCallSession(model, policy, diagnostics, kernel)
     if kernel != REFERENCE_KERNEL:
         return ModelKernelSession(model, policy, diagnostics)
+    if isinstance(policy, ScoredPolicy):
+        return EvictingSession(model, policy, diagnostics)
     cls = CachedSession if policy.uses_cache else RecomputeSession
     return cls(model, policy, diagnostics)
 
@@ -210,13 +276,29 @@ class InsufficientMemory(UserError, RuntimeError):
     """The estimated memory of a run exceeds what the device has free."""
 
 
-def estimate_bytes(model, policy: CachePolicy, n_tokens: int, batch: int, chunk_size: int) -> int:
-    """Upper estimate of the memory a scoring run needs beyond the weights: KV cache, scores, logits."""
+# kernels that never hold a layer's [Q, K] scores at once on CPU / CUDA (fused, blocked)
+FUSED_KERNELS = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def estimate_bytes(model, policy: CachePolicy, n_tokens: int, batch: int, chunk_size: int,
+                   one_call: bool = False, kernel: str | None = None) -> int:
+    """Upper estimate of the memory a scoring run needs beyond the weights: KV cache, scores, logits.
+    ``one_call``: one plain forward over all ``n_tokens`` through ``kernel`` (logits of every position at once)."""
     cfg = model.config.get_text_config()
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     elem = next(model.parameters()).element_size()
+    if one_call:
+        kernel = kernel or model.config._attn_implementation
+        fused = kernel in FUSED_KERNELS and input_device(model).type in ("cpu", "cuda")
+        # fused kernels work in query blocks; others (eager, MPS) hold [B, H, N, N] scores + probs and the mask
+        q_block = min(n_tokens, DEFAULT_CHUNK_SIZE) if fused else n_tokens
+        scores = 2 * batch * heads * q_block * n_tokens * 4 + (0 if fused else batch * n_tokens * n_tokens * elem)
+        kv = 2 * cfg.num_hidden_layers * batch * kv_heads * head_dim * elem * n_tokens  # no cache, but q/k/v + MLP
+        mlp = 4 * batch * n_tokens * max(getattr(cfg, "intermediate_size", 0) or 0, cfg.hidden_size) * elem
+        logits = batch * n_tokens * cfg.vocab_size * (elem + 4) + 3 * batch * DEFAULT_CHUNK_SIZE * cfg.vocab_size * 4
+        return kv + mlp + scores + logits
     chunk = min(chunk_size, n_tokens)
     kept = n_tokens if policy.recent is None else min(n_tokens, policy.budget)
     if not policy.uses_cache:
@@ -235,11 +317,14 @@ def available_bytes(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def check_memory(model, policy: CachePolicy, n_tokens: int, batch: int, chunk_size: int) -> None:
-    need, have = estimate_bytes(model, policy, n_tokens, batch, chunk_size), available_bytes(input_device(model))
+def check_memory(model, policy: CachePolicy, n_tokens: int, batch: int, chunk_size: int, one_call: bool = False,
+                 kernel: str | None = None) -> None:
+    need = estimate_bytes(model, policy, n_tokens, batch, chunk_size, one_call, kernel)
+    have = available_bytes(input_device(model))
     if need > have:
         raise InsufficientMemory(
-            f"method={policy.method} over {n_tokens} tokens (batch {batch}, chunk_size {chunk_size}) needs about "
+            f"method={policy.method} over {n_tokens} tokens (batch {batch}, "
+            f"{'one call (chunk_size=full)' if one_call else f'chunk_size {chunk_size}'}) needs about "
             f"{need / 2**30:.1f} GiB beyond the weights, but only {have / 2**30:.1f} GiB is free on "
             f"{input_device(model)}. Use a smaller batch_size or chunk_size, shorter documents, or method=streaming_llm "
             f"(its memory does not grow with length)."
@@ -262,8 +347,12 @@ class ScoredTokens:
 @torch.no_grad()
 def score_sequences(model, sequences: list[list[int]], policy: CachePolicy,
                     chunk_size: int = DEFAULT_CHUNK_SIZE, diagnostics: Diagnostics | None = None,
-                    progress=None, attn_implementation: str | None = None) -> list[ScoredTokens]:
+                    progress=None, attn_implementation: str | None = None,
+                    one_call: bool = False) -> list[ScoredTokens]:
     """Score every token after the first of each sequence, as one stream per sequence.
+
+    ``one_call`` (dense only): the whole batch in one plain forward, no cache (``model(input_ids)``);
+    ``chunk_size`` then only bounds the log-softmax work per step.
 
     Sequences are right-padded into one batch: padding comes after the real
     tokens, so causal attention keeps it from touching them (exact for every method).
@@ -277,8 +366,9 @@ def score_sequences(model, sequences: list[list[int]], policy: CachePolicy,
     if min(lengths) < 2:
         raise ValueError(f"each sequence needs at least 2 tokens to score one; got lengths {lengths}")
     kernel = resolve_kernel(model, policy, attn_implementation)
+    check_one_call(policy, one_call)
     total = max(lengths)
-    check_memory(model, policy, total, len(sequences), chunk_size)
+    check_memory(model, policy, total, len(sequences), chunk_size, one_call, kernel)
     ids = torch.zeros(len(sequences), total, dtype=torch.long)
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
@@ -286,10 +376,11 @@ def score_sequences(model, sequences: list[list[int]], policy: CachePolicy,
     correct = torch.zeros(len(sequences), total - 1, dtype=torch.bool)
     written = 0
     with attention_kernel(model, kernel):
-        session = open_session(model, policy, diagnostics, kernel)
+        session = open_session(model, policy, diagnostics, kernel, one_call)
+        every = session.feed(ids) if one_call else None  # [B, total, V]: the last position predicts nothing
         for start in range(0, total - 1, chunk_size):
             end = min(start + chunk_size, total - 1)
-            logits = session.feed(ids[:, start:end])
+            logits = every[:, start:end] if one_call else session.feed(ids[:, start:end])
             targets = ids[:, start + 1 : end + 1].to(logits.device)
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             nll[:, start:end] = -logprobs.gather(-1, targets[..., None]).squeeze(-1).cpu()

@@ -33,7 +33,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lm_eval_streaming.benchmark.args import DEFAULTS, check_bool, check_benchmark_args, check_dense_attn, check_methods
+from lm_eval_streaming.benchmark.args import (DEFAULTS, check_bool, check_benchmark_args, check_dense_attn, check_methods,
+                                              check_position_shift)
 from ..errors import UserError
 from lm_eval_streaming.core.loading import check_model_id
 from ..options import StreamingArgError, as_int, check_device_name, check_dtype, int_list
@@ -71,6 +72,7 @@ _CHECKS = {
     "dense_attn": lambda v: check_dense_attn([v] if isinstance(v, str) else v),
     "kernel_error": lambda v: check_bool("kernel_error", v),
     "causality_probe": lambda v: check_bool("causality_probe", v),
+    "position_shift": check_position_shift,
     **{k: (lambda v, k=k, m=m: as_int(k, v, m)) for k, m in INT_MINIMUM.items()},
 }
 
