@@ -16,13 +16,48 @@ MODEL_ID_ALLOWED = "a Hugging Face hub id (org/name), a local checkpoint directo
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def check_model_id(model_id, arg: str = "model_id") -> str:
-    """The model id, or a one-line error: a local path that does not exist, a directory that is not a
-    checkpoint with a tokenizer, or a string that is neither a path nor a hub id."""
+def canonical_model_id(model_id) -> str:
+    """One checkpoint, one name: a local directory by its resolved path (``/x/m``, ``/x/m/``, ``/x/../x/m``
+    and a symlink to it are one model), the default model's aliases by its name, a hub id as given."""
     from lm_eval_streaming import default_model
 
     if model_id is None or default_model.is_default(model_id):
-        return model_id or "smollm2-135m"
+        return default_model.DEFAULT_MODEL_NAME
+    path = os.path.expanduser(str(model_id))
+    return os.path.realpath(path) if os.path.isdir(path) else str(model_id)
+
+
+def files_digest(directory: str, sample: int = 1 << 20) -> str:
+    """Digest of a checkpoint directory's files: names, sizes and the first and last ``sample`` bytes of each
+    (all of a small file), so changed weights, config or tokenizer at one path are another model, without
+    reading gigabytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name.startswith(".") or not os.path.isfile(path):
+            continue
+        size = os.path.getsize(path)
+        h.update(f"{name}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(sample))
+            if size > 2 * sample:
+                f.seek(size - sample)
+                h.update(f.read(sample))
+            elif size > sample:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def check_model_id(model_id, arg: str = "model_id") -> str:
+    """The model id in canonical form (:func:`canonical_model_id`), or a one-line error: a local path that
+    does not exist, a directory that is not a checkpoint with a tokenizer, or a string that is neither a
+    path nor a hub id."""
+    from lm_eval_streaming import default_model
+
+    if model_id is None or default_model.is_default(model_id):
+        return canonical_model_id(model_id)
     if not isinstance(model_id, str) or not model_id.strip():
         raise StreamingArgError(f"{arg}={model_id!r} is not allowed: expected {MODEL_ID_ALLOWED}")
     path = os.path.expanduser(model_id)
@@ -31,7 +66,7 @@ def check_model_id(model_id, arg: str = "model_id") -> str:
             raise StreamingArgError(f"{arg}={model_id!r} is a directory without config.json: expected {MODEL_ID_ALLOWED}")
         if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
             raise StreamingArgError(f"{arg}={model_id!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
-        return model_id
+        return canonical_model_id(model_id)
     if os.path.exists(path) or not _HUB_ID.match(model_id):
         raise StreamingArgError(f"{arg}={model_id!r}: no such checkpoint directory: expected {MODEL_ID_ALLOWED}")
     return model_id

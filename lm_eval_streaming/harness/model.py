@@ -17,10 +17,10 @@ from tqdm import tqdm
 
 from lm_eval_streaming import default_model
 from lm_eval_streaming.core.architectures import check_supported
-from lm_eval_streaming.core.attention import REFERENCE_KERNEL
+from lm_eval_streaming.core.attention import REFERENCE_KERNEL, check_attention_name
 from lm_eval_streaming.errors import install_excepthook
 from lm_eval_streaming.core.generation import generate
-from lm_eval_streaming.core.loading import check_model_id
+from lm_eval_streaming.core.loading import canonical_model_id, check_model_id, files_digest
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, as_int, resolve_device
 from lm_eval_streaming.options import StreamingArgError
 from lm_eval_streaming.core.methods import policy_for
@@ -71,6 +71,42 @@ def _check_architecture(pretrained: str, policy, kwargs: dict) -> None:
 
 # Key of the fingerprint stored in an lm-eval --use_cache database (request hashes are hex digests).
 CACHE_FINGERPRINT_KEY = "lm_eval_streaming/fingerprint"
+# lm-eval's CachingLM reads and writes the table "unnamed" of the --use_cache file; streaming_hf keeps its
+# results in a table of its own, so `--model hf` (or any model) given the same file never reads them.
+CACHE_TABLE = "lm_eval_streaming"
+# Constructor args that change how a result is computed, not what it is (kept out of the fingerprint).
+CACHE_NEUTRAL_ARGS = frozenset({"batch_size", "max_batch_size", "device", "parallelize", "device_map",
+                                "max_memory_per_gpu", "max_cpu_memory", "offload_folder", "trust_remote_code",
+                                "pretrained", "tokenizer", "revision"})  # the last three: resolved below
+
+
+def _own_cache_table(db) -> None:
+    """Point lm-eval's cache (a SqliteDict, shared by CachingLM and its hook) at streaming_hf's own table."""
+    if getattr(db, "tablename", CACHE_TABLE) == CACHE_TABLE:
+        return
+    db.conn.execute(f'CREATE TABLE IF NOT EXISTS "{CACHE_TABLE}" (key TEXT PRIMARY KEY, value BLOB)')
+    db.commit()
+    db.tablename = CACHE_TABLE
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    """Hash of what encodes text: the tokenizer's full definition (vocab, merges, normalizer, pre/post
+    processing) and special tokens, whatever path or object it came from."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    content = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    extra = repr((type(tokenizer).__name__, tokenizer.all_special_tokens, getattr(tokenizer, "chat_template", None)))
+    return hashlib.sha256((content + extra).encode()).hexdigest()[:16]
+
+
+def _drop_local_revision(pretrained: str, kwargs: dict) -> None:
+    """transformers ignores ``revision`` for a local directory: say so, and leave it out of the identity."""
+    revision = kwargs.get("revision")
+    if revision not in (None, "", "main") and os.path.isdir(os.path.expanduser(pretrained)):
+        logger.warning("revision=%s is ignored: pretrained=%s is a local directory (transformers loads its files "
+                       "as they are); the run is recorded without a revision", revision, pretrained)
+        kwargs.pop("revision")
 
 
 def _check_batch_size(batch_size) -> None:
@@ -96,9 +132,13 @@ class StreamingHFLM(HFLM):
         self.chunk_size = as_int("chunk_size", chunk_size, 1)
         _check_batch_size(kwargs.get("batch_size", 1))
         check_kernel(self.policy, attn_implementation)
+        check_attention_name(attn_implementation)
         if pretrained is None or default_model.is_default(pretrained):
             pretrained = str(default_model.ensure_default_model())
         _check_local_checkpoint(pretrained, kwargs.get("tokenizer"))
+        _drop_local_revision(pretrained, kwargs)
+        self._result_args = {k: v for k, v in kwargs.items() if k not in CACHE_NEUTRAL_ARGS}
+        self._tokenizer_arg = kwargs.get("tokenizer")
         _check_architecture(pretrained, self.policy, kwargs)
         if attn_implementation not in (None, REFERENCE_KERNEL):
             kwargs["attn_implementation"] = attn_implementation  # loaded as hf would load it
@@ -135,6 +175,7 @@ class StreamingHFLM(HFLM):
         db = getattr(cache_hook, "dbdict", None)
         if db is None:
             return
+        _own_cache_table(db)
         mine = self.cache_fingerprint()
         stored = db.get(CACHE_FINGERPRINT_KEY)
         where = getattr(db, "filename", "the --use_cache database")
@@ -152,14 +193,26 @@ class StreamingHFLM(HFLM):
             db.commit()
 
     def cache_fingerprint(self) -> str:
-        """Everything that changes a result, as one line."""
+        """Everything that changes a result, as one line: the model (resolved path or hub id, revision and
+        sha, a digest of its files where it is a directory), the tokenizer (source and content), dtype,
+        device, the cache policy with all its options, chunk size, kernel, prefix token, and every other
+        model arg given (max_gen_toks, add_bos_token, think_end_token, ...)."""
+        import dataclasses
+
         dtype = str(next(self.model.parameters()).dtype).replace("torch.", "")
         sha = getattr(self.model.config, "_commit_hash", None)
-        return (f"model={self.pretrained_id} revision={self.revision} sha={sha} dtype={dtype} "
-                f"method={self.policy.method} start_size={self.policy.start_size} "
-                f"recent_size={self.policy.recent_size} chunk_size={self.chunk_size} "
-                f"attn_implementation={self.kernel} prefix_token_id={self.prefix_token_id} "
-                f"add_bos_token={self.add_bos_token}")
+        local = os.path.isdir(self.pretrained_id)
+        tok = self._tokenizer_arg
+        tok_source = canonical_model_id(tok) if isinstance(tok, str) else type(tok).__name__ if tok else "model's"
+        policy = ",".join(f"{f.name}={getattr(self.policy, f.name)}" for f in dataclasses.fields(self.policy))
+        others = ",".join(f"{k}={v}" for k, v in sorted(self._result_args.items()))
+        return (f"model={canonical_model_id(self.pretrained_id)} "
+                + (f"files={files_digest(self.pretrained_id)} " if local else f"revision={self.revision} ")
+                + f"sha={sha} tokenizer={tok_source} tokenizer_content={_tokenizer_digest(self.tokenizer)} "
+                f"dtype={dtype} device={input_device(self.model)} method={self.policy.method} {policy} "
+                f"chunk_size={self.chunk_size} attn_implementation={self.kernel} "
+                f"prefix_token_id={self.prefix_token_id} add_bos_token={self.add_bos_token} "
+                f"max_gen_toks={self.max_gen_toks} args={others or '-'}")
 
     def _check_positions(self, longest: int) -> None:
         if self._warned_positions or not self.policy.full_attention or not self.trained_context:
@@ -291,8 +344,7 @@ class StreamingHFLM(HFLM):
             streaming_chunk_size=self.chunk_size,
             streaming_attn_implementation=self.kernel,
             # What actually ran (lm-eval records the requested device and the pretrained string as given).
-            streaming_pretrained=os.path.abspath(self.pretrained_id) if os.path.isdir(self.pretrained_id)
-            else self.pretrained_id,
+            streaming_pretrained=canonical_model_id(self.pretrained_id),
             streaming_device=str(input_device(self.model)),
             streaming_diagnostics=self.diagnostics.as_dict(),
         )
