@@ -13,6 +13,7 @@ the model's weights and modules are unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -58,6 +59,9 @@ class ChunkContext:
     sink_cos: torch.Tensor | None = None  # [Q, rot_dim], re-rotation of queries for sink keys
     sink_sin: torch.Tensor | None = None
     stats: ScoreStats | None = field(default=None)
+    # score-based eviction (core/eviction.py): called as observe(layer_idx, float32 probs [B, H, Q, K]);
+    # None for the position-only methods, which then compute nothing for it
+    observe: Callable[[int, torch.Tensor], None] | None = None
 
     @classmethod
     def build(cls, policy: CachePolicy, q_pos: torch.Tensor, k_pos: torch.Tensor,
@@ -117,7 +121,10 @@ def sink_window_attention(module, query, key, value, attention_mask, scaling, dr
     if streaming.stats is not None:
         streaming.stats.observe(scores.masked_fill_(blocked, 0))
     scores.masked_fill_(blocked, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    if streaming.observe is not None:
+        streaming.observe(module.layer_idx, probs)
+    probs = probs.to(value.dtype)
     out = torch.matmul(grouped(probs.view(batch, heads, n_q, -1)), value).view(batch, heads, n_q, dim)
     return out.transpose(1, 2).contiguous(), None
 

@@ -4,7 +4,7 @@ A new method is one new file here (a :class:`CachePolicy` subclass decorated wit
 ``@register_policy``), imported below, plus its tests.
 """
 
-from . import streaming_llm, dense, window, sliding_recompute  # noqa: F401  (registers them; order = METHODS order)
+from . import streaming_llm, dense, window, sliding_recompute, h2o, tova, knorm  # noqa: F401  (registers them; order = METHODS order)
 from lm_eval_streaming.core.policy import _REGISTRY, CachePolicy
 from lm_eval_streaming.options import DEFAULT_METHOD, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, StreamingArgError
 

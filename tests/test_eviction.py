@@ -1,0 +1,257 @@
+"""Score-based eviction (h2o, tova, knorm) against an independent token-by-token float64 reference.
+
+The reference shares no code with ``lm_eval_streaming``: it runs the unchanged Hugging Face model in
+float64 one token at a time with its own DynamicCache (every key, rotated at its true position) and
+an attention function written here, which attends only to the keys its own bookkeeping keeps alive
+(per layer and KV head), re-rotates keys to their cache slots itself when ``position_shift`` is on,
+records the probabilities and, after every E tokens, evicts with plain Python sorting.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from conftest import make_model
+from transformers import AttentionInterface, DynamicCache
+
+from lm_eval_streaming.core.eviction import keep_top
+from lm_eval_streaming.core.methods import policy_for
+from lm_eval_streaming.core.scoring import Diagnostics, score_sequences
+from lm_eval_streaming.options import StreamingArgError
+
+ARCHS = ("gpt_neox", "llama")  # NeoX: partial rotary (25 %); Llama: 4 query heads over 2 KV heads
+VOCAB = 1000
+REF = "test_eviction_reference"
+
+
+def _inv_freq(config):
+    head_dim = config.hidden_size // config.num_attention_heads
+    rope = config.rope_parameters
+    rot = int(head_dim * rope.get("partial_rotary_factor", 1.0))
+    return 1.0 / (rope["rope_theta"] ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
+
+
+def _rotate(x, inv_freq, shift: float):
+    """Rotate the rotary dims of one vector x [D] by ``shift`` positions (rotate-half convention)."""
+    rot = 2 * len(inv_freq)
+    ang = shift * inv_freq
+    cos, sin = torch.cat([ang.cos(), ang.cos()]), torch.cat([ang.sin(), ang.sin()])
+    half = rot // 2
+    r = x[:rot]
+    turned = torch.cat([-r[half:], r[:half]])
+    return torch.cat([r * cos + turned * sin, x[rot:]])
+
+
+class Reference:
+    """Bookkeeping of one stream: alive positions, H2O sums and TOVA's last probabilities."""
+
+    def __init__(self, method, sinks, recent, every, shift, config):
+        self.method, self.sinks, self.recent, self.every, self.shift = method, sinks, recent, every, shift
+        self.inv_freq = _inv_freq(config)
+        layers = config.num_hidden_layers
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        self.alive = [[[] for _ in range(self.kv_heads)] for _ in range(layers)]
+        self.h2o = [[{} for _ in range(self.kv_heads)] for _ in range(layers)]
+        self.last = [{} for _ in range(layers)]
+
+    def attend(self, layer, query, key, value, scaling):
+        heads, group = query.shape[1], query.shape[1] // self.kv_heads
+        t = key.shape[2] - 1
+        out = torch.zeros(query.shape[1], query.shape[-1], dtype=torch.float64)
+        tova = {}
+        for g in range(self.kv_heads):
+            visible = self.alive[layer][g] + [t]
+            keys = [key[0, g, p] for p in visible]
+            if self.shift:  # slot i for the i-th alive key, the query (and its own key) at the last slot
+                keys = [_rotate(k, self.inv_freq, i - p) for i, (k, p) in enumerate(zip(keys, visible))]
+            keys = torch.stack(keys)
+            values = value[0, g, visible]
+            for h in range(g * group, (g + 1) * group):
+                q = query[0, h, 0]
+                if self.shift:
+                    q = _rotate(q, self.inv_freq, len(visible) - 1 - t)
+                p = torch.softmax(keys @ q * scaling, dim=0)
+                out[h] = p @ values
+                for pos, w in zip(visible, p.tolist()):
+                    self.h2o[layer][g][pos] = self.h2o[layer][g].get(pos, 0.0) + w
+                    tova[pos] = tova.get(pos, 0.0) + w / heads
+            self.alive[layer][g].append(t)
+        self.last[layer] = tova
+        return out[None, :, None, :].transpose(1, 2)
+
+    def prune(self, t, cache):
+        budget = self.sinks + self.recent
+        for layer, heads in enumerate(self.alive):
+            for g, alive in enumerate(heads):
+                if len(alive) <= budget:
+                    continue
+                forced = {p for p in alive if p < self.sinks}
+                if self.method == "h2o":
+                    window = self.recent - self.recent // 2
+                    forced |= {p for p in alive if p > t - window}
+                    score = self.h2o[layer][g]
+                elif self.method == "tova":
+                    score = self.last[layer]
+                else:
+                    keys = cache.layers[layer].keys[0, g]
+                    norm = {p: float(keys[p].norm()) for p in alive}
+                    grid = max(norm.values()) * 2.0**-14  # the documented grid: rounding-level differences tie
+                    score = {p: -round(n / grid) for p, n in norm.items()}
+                rest = sorted((p for p in alive if p not in forced), key=lambda p: (score[p], p), reverse=True)
+                heads[g] = sorted(forced | set(rest[: budget - len(forced)]))
+
+
+STATE: dict = {}
+
+
+def _reference_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    return STATE["ref"].attend(module.layer_idx, query, key, value, scaling), None
+
+
+AttentionInterface.register(REF, _reference_attention)
+
+
+@torch.no_grad()
+def reference_nll(model64, ids, method, sinks, recent, every, shift):
+    model64.set_attn_implementation(REF)
+    ref = STATE["ref"] = Reference(method, sinks, recent, every, shift, model64.config)
+    cache = DynamicCache(config=model64.config)
+    nll = []
+    for t in range(len(ids) - 1):
+        out = model64(input_ids=torch.tensor([[ids[t]]]), position_ids=torch.tensor([[t]]), cache=cache,
+                      use_cache=True)
+        nll.append(-torch.log_softmax(out.logits[0, -1], -1)[ids[t + 1]])
+        if (t + 1) % every == 0:
+            ref.prune(t, cache)
+    return torch.stack(nll)
+
+
+def ours(model, ids, policy, chunk):
+    return score_sequences(model, [ids], policy, chunk_size=chunk)[0].nll.double()
+
+
+@pytest.fixture(scope="module")
+def models():
+    out = {}
+    for arch in ARCHS:
+        model = make_model(arch, vocab=VOCAB)
+        out[arch] = (model, copy.deepcopy(model).double())
+    return out
+
+
+def _ids(n, seed=0):
+    g = random.Random(seed)
+    return [g.randrange(VOCAB) for _ in range(n)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", ["h2o", "tova", "knorm"])
+@pytest.mark.parametrize("every", [1, 5])
+@pytest.mark.parametrize("shift", [False, True])
+def test_matches_token_by_token_float64_reference(models, arch, method, every, shift):
+    model, model64 = models[arch]
+    ids = _ids(46, seed=len(method) + every)
+    sinks, recent = 2, 9
+    ref = reference_nll(model64, ids, method, sinks, recent, every, shift)
+    policy = policy_for(method, sinks, recent, evict_every=every, position_shift=shift)
+    for chunk in (1, 7, 64):
+        got = ours(model, ids, policy, chunk)
+        assert torch.allclose(got, ref, atol=1e-4, rtol=0), (chunk, (got - ref).abs().max())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eviction_changes_the_result(models, arch):
+    """The reference comparison can fail: the methods keep different tokens from each other,
+    from streaming_llm, and at different E (and the shift moves the kept keys)."""
+    model, _ = models[arch]
+    ids = _ids(60, seed=11)
+    runs = {m: ours(model, ids, policy_for(m, 2, 9), 16) for m in ("streaming_llm", "h2o", "tova", "knorm")}
+    runs["h2o-e8"] = ours(model, ids, policy_for("h2o", 2, 9, evict_every=8), 16)
+    runs["tova-shift"] = ours(model, ids, policy_for("tova", 2, 9, position_shift=True), 16)
+    names = list(runs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert (runs[a] - runs[b]).abs().max() > 1e-3, (a, b)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cache_larger_than_document_is_dense(models, arch):
+    model, _ = models[arch]
+    ids = _ids(30, seed=3)
+    dense = ours(model, ids, policy_for("dense"), 64)
+    for method in ("h2o", "tova", "knorm"):
+        for every in (1, 4):
+            got = ours(model, ids, policy_for(method, 4, 30, evict_every=every, position_shift=True), 8)
+            assert torch.allclose(got, dense, atol=1e-5, rtol=0), (method, every)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batch_of_unequal_lengths_equals_one_by_one(models, arch):
+    """Each sequence of a batch keeps its own entries (the choice depends on its data)."""
+    model, _ = models[arch]
+    seqs = [_ids(n, seed=n) for n in (44, 21, 35)]
+    for method in ("h2o", "tova", "knorm"):
+        policy = policy_for(method, 2, 7, evict_every=3)
+        batched = score_sequences(model, seqs, policy, chunk_size=16)
+        for seq, got in zip(seqs, batched):
+            alone = score_sequences(model, [seq], policy, chunk_size=5)[0]
+            assert torch.allclose(got.nll, alone.nll, atol=1e-5, rtol=0), method
+
+
+def test_peak_cache_is_budget_plus_e_flat_in_length(models):
+    model, _ = models["llama"]
+    cfg = model.config
+    per_entry = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    for every in (1, 6):
+        peaks = []
+        for n in (40, 90):
+            diag = Diagnostics()
+            score_sequences(model, [_ids(n, seed=n)], policy_for("h2o", 2, 9, evict_every=every), chunk_size=16,
+                            diagnostics=diag)
+            peaks.append(diag.peak_kv_bytes)
+        assert peaks == [per_entry * (11 + every)] * 2, (every, peaks)
+
+
+def test_only_probability_methods_observe(models, monkeypatch):
+    """knorm and the position-only methods never receive attention probabilities."""
+    from lm_eval_streaming.core import eviction
+
+    calls = []
+    original = eviction.ScoredLayer.observe
+    monkeypatch.setattr(eviction.ScoredLayer, "observe", lambda self, p: (calls.append(p.shape), original(self, p)))
+    model, _ = models["llama"]
+    ids = _ids(30, seed=5)
+    for method in ("knorm", "streaming_llm", "window", "dense"):
+        ours(model, ids, policy_for(method, 2, 9), 8)
+    assert calls == []
+    ours(model, ids, policy_for("h2o", 2, 9), 8)
+    assert len(calls) == 29 * model.config.num_hidden_layers  # one per fed token (all but the last) per layer
+
+
+def test_keep_top_breaks_ties_towards_the_later_position():
+    g = random.Random(0)
+    for _ in range(200):
+        n, keep = g.randint(1, 12), None
+        keep = g.randint(0, n)
+        scores = [float(g.choice([0, 1, 2, float("inf")])) for _ in range(n)]
+        want = sorted(sorted(range(n), key=lambda i: (scores[i], i), reverse=True)[:keep])
+        assert keep_top(torch.tensor([scores]), keep)[0].tolist() == want
+
+
+@pytest.mark.parametrize("bad,message", [
+    ({"evict_every": 0}, "evict_every=0"),
+    ({"evict_every": "x"}, "evict_every='x'"),
+    ({"position_shift": "maybe"}, "position_shift='maybe'"),
+    ({"heavy": 3}, "heavy=3"),
+])
+def test_bad_options_name_the_value(bad, message):
+    with pytest.raises(StreamingArgError, match=message):
+        policy_for("h2o", 4, 252, **bad)
+
+
+def test_evict_every_is_refused_by_position_methods():
+    with pytest.raises(StreamingArgError, match="evict_every=16 does not apply to method=streaming_llm"):
+        policy_for("streaming_llm", 4, 252, evict_every=16)
