@@ -443,8 +443,8 @@ def test_tiny_induction_model_recalls_under_dense_and_forgets_beyond_a_small_cac
             f"dataset_kwargs:\n  gap: {gap}\n")
     (task_dir / "utils.py").write_text(
         "from pathlib import Path\n"
-        "from lm_eval_streaming.recall_data import as_test_split, read_jsonl\n"
-        "from lm_eval_streaming.recall_tasks import RecallTask, recall_results  # noqa: F401\n"
+        "from lm_eval_streaming.harness.recall_data import as_test_split, read_jsonl\n"
+        "from lm_eval_streaming.harness.recall_tasks import RecallTask, recall_results  # noqa: F401\n"
         "def load(gap, **_):\n"
         "    return as_test_split(read_jsonl(Path(__file__).parent / f'tiny_{gap}.jsonl'))\n")
 
