@@ -11,7 +11,7 @@ import torch
 
 from lm_eval_streaming.core.kernel_checks import causality_probe, kernel_error
 from lm_eval_streaming.records.metrics import bucketize, exceeds_trained_context, position_buckets, position_edges, relative_edges, \
-    t_interval
+    set_deltas, t_interval  # noqa: F401  (set_deltas: the paired differences, shared with the lm-eval reader)
 from lm_eval_streaming.records import CausalityStats, KernelErrorStats, Row
 from lm_eval_streaming.core.scoring import Diagnostics, ScoredTokens, input_device, resolve_kernel, score_sequences
 
@@ -105,15 +105,6 @@ def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warm
         max_abs_attn_score=diagnostics["max_abs_attn_score"], nonfinite_attn_scores=diagnostics["nonfinite_attn_scores"],
     )
     return row, scored
-
-
-def set_deltas(row: Row, reference: Row) -> None:
-    """Paired differences over samples to the run's reference dense row (same samples)."""
-    row.delta_reference = reference.attn_implementation
-    row.delta_nll_vs_dense, row.delta_nll_ci = t_interval(
-        [a - b for a, b in zip(row.per_sample_nll, reference.per_sample_nll)])
-    row.delta_acc_vs_dense, row.delta_acc_ci = t_interval(
-        [a - b for a, b in zip(row.per_sample_acc, reference.per_sample_acc)])
 
 
 def kernel_error_stats(model, samples, row: Row, scored: list[ScoredTokens], reference, chunk_size: int,

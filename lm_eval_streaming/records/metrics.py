@@ -100,6 +100,16 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, In
     return mean, Interval(mean - half, mean + half)
 
 
+def set_deltas(row, reference) -> None:
+    """Paired differences over samples (or documents) of ``row`` to ``reference`` (a dense row scored on the
+    same samples, in the same order): mean NLL and accuracy differences with their t intervals."""
+    row.delta_reference = reference.attn_implementation
+    row.delta_nll_vs_dense, row.delta_nll_ci = t_interval(
+        [a - b for a, b in zip(row.per_sample_nll, reference.per_sample_nll)])
+    row.delta_acc_vs_dense, row.delta_acc_ci = t_interval(
+        [a - b for a, b in zip(row.per_sample_acc, reference.per_sample_acc)])
+
+
 def ratio_of_sums(items: Iterable[tuple[float, float]]) -> float:
     """sum(values) / sum(weights) over ``(value, weight)`` items; NaN when no weight."""
     total = weight = 0.0
