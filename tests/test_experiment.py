@@ -64,7 +64,7 @@ QUIET = dict(progress=False, log=lambda *a: None)
 # ------------------------------------------------------------------ validation
 @pytest.mark.parametrize("change, field, allowed", [
     ({"colour": "red"}, "colour", "allowed:"),
-    ({"methods": ["streaming_llm", "h2o"]}, "methods", "window"),
+    ({"methods": ["streaming_llm", "snapkv"]}, "methods", "window"),  # a method not (yet) implemented
     ({"methods": ["dense"]}, "methods", "baseline"),
     ({"dtype": "fp16"}, "dtype", "float32, bfloat16, float16"),
     ({"device": "gpu"}, "device", "cuda:N"),

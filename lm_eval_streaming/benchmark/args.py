@@ -19,7 +19,10 @@ DEFAULTS = {
     "model_id": "smollm2-135m", "methods": ["streaming_llm"], "max_tokens": 2000,
     "recent_sizes": [DEFAULT_RECENT_SIZE], "num_samples": 5, "num_warmup": 2, "start_size": DEFAULT_START_SIZE,
     "dtype": "float32", "device": None, "chunk_size": DEFAULT_CHUNK_SIZE, "dense_attn": list(DEFAULT_DENSE_ATTN),
-    "kernel_error": True, "causality_probe": True, "position_shift": [True],
+    "kernel_error": True, "causality_probe": True,
+    # None: each method's own default (streaming_llm shifts; h2o, tova, knorm keep true distances)
+    "position_shift": None,
+    "evict_every": [1],  # h2o, tova, knorm: prune after every E tokens (1 = the papers' one token per step)
 }
 PARAMS = tuple(DEFAULTS)
 
@@ -117,7 +120,8 @@ def check_benchmark_args(**given) -> dict:
     a["dense_attn"] = check_dense_attn(a["dense_attn"])
     a["kernel_error"] = check_bool("kernel_error", a["kernel_error"])
     a["causality_probe"] = check_bool("causality_probe", a["causality_probe"])
-    a["position_shift"] = check_position_shift(a["position_shift"])
+    a["position_shift"] = None if a["position_shift"] is None else check_position_shift(a["position_shift"])
+    a["evict_every"] = int_list("evict_every", a["evict_every"], 1)
     for m in a["methods"]:
         for r in a["recent_sizes"]:
             try:

@@ -62,8 +62,11 @@ def _cache_policies(a: dict) -> list:
 
     out = []
     for m in a["methods"]:
-        shifts = a["position_shift"] if "position_shift" in _REGISTRY[m].__dataclass_fields__ else [None]
-        out += [policy_for(m, a["start_size"], r, position_shift=ps) for r in a["recent_sizes"] for ps in shifts]
+        fields = _REGISTRY[m].__dataclass_fields__
+        shifts = (a["position_shift"] or [None]) if "position_shift" in fields else [None]
+        evicts = a["evict_every"] if "evict_every" in fields else [None]
+        out += [policy_for(m, a["start_size"], r, position_shift=ps, evict_every=e)
+                for r in a["recent_sizes"] for ps in shifts for e in evicts]
     return out
 
 
@@ -85,7 +88,7 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
                   recent_sizes=(252,), num_samples: int = 5, num_warmup: int = 2, start_size: int = 4,
                   dtype: str = "float32", device: str | None = None, chunk_size: int = 512,
                   dense_attn=None, kernel_error: bool = True, causality_probe: bool = True,
-                  model=None, tokenizer=None, progress: bool = True, position_shift=None) -> Run:
+                  model=None, tokenizer=None, progress: bool = True, position_shift=None, evict_every=None) -> Run:
     """Dense through every listed kernel + every (method, recent size), on the same samples: one Run.
 
     Every argument is validated before any work; the samples are built (or refused) before the weights
@@ -101,7 +104,7 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
                              recent_sizes=list(recent_sizes), num_samples=num_samples, num_warmup=num_warmup,
                              start_size=start_size, dtype=dtype, device=device, chunk_size=chunk_size,
                              dense_attn=dense_attn, kernel_error=kernel_error, causality_probe=causality_probe,
-                             position_shift=position_shift)
+                             position_shift=position_shift, evict_every=evict_every)
     if tokenizer is None:
         tokenizer = load_tokenizer(a["model_id"])
     samples = load_samples(tokenizer, a["max_tokens"], a["num_samples"])
@@ -177,9 +180,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "default@full is left out where its memory estimate does not fit) (default = the model's "
                         "own, lm_eval_streaming = the project's float32 reference, sdpa, eager, ...); deltas are "
                         "relative to the model's own kernel when listed, else to the first")
-    p.add_argument("--position_shift", default=",".join(str(v).lower() for v in d["position_shift"]),
+    p.add_argument("--position_shift", default=None,
                    help="streaming_llm rows: true = the positional shift (StreamingLLM), false = the same kept tokens "
-                        "at their true distances (kvpress's StreamingLLMPress), true,false = both (the ablation)")
+                        "at their true distances (kvpress's StreamingLLMPress), true,false = both (the ablation); "
+                        "h2o/tova/knorm: true = kept keys re-rotated to their cache slots (default: each method's "
+                        "own: streaming_llm true, h2o/tova/knorm false)")
+    p.add_argument("--evict_every", default=",".join(map(str, d["evict_every"])),
+                   help="h2o, tova, knorm: prune the cache after every E tokens (comma list: one row per E; "
+                        "1 = the papers' one token per step; docs/eviction.md)")
     p.add_argument("--no_kernel_error", action="store_true",
                    help="skip the kernel error of dense rows (|dNLL| vs the float32 reference kernel)")
     p.add_argument("--no_causality_probe", action="store_true",
@@ -195,7 +203,8 @@ def run(args) -> int:
                   recent_sizes=args.recent_sizes, num_samples=args.num_samples, num_warmup=args.num_warmup,
                   start_size=args.start_size, dtype=args.dtype, device=args.device, chunk_size=args.chunk_size,
                   dense_attn=args.dense_attn, kernel_error=not args.no_kernel_error,
-                  causality_probe=not args.no_causality_probe, position_shift=args.position_shift)
+                  causality_probe=not args.no_causality_probe, position_shift=args.position_shift,
+                  evict_every=args.evict_every)
     a = check_benchmark_args(**kwargs)
     out = Path(args.output) if args.output else None
     if out is not None:

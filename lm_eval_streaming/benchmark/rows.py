@@ -91,6 +91,7 @@ def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warm
     row = Row(
         method=policy.method, start_size=start_size, recent_size=recent_size, attn_implementation=kernel,
         one_call=one_call if policy.full_attention else None, position_shift=getattr(policy, "position_shift", None),
+        evict_every=getattr(policy, "evict_every", None),
         ppl=math.exp(nll_mean), acc=acc, nll_mean=nll_mean,
         ppl_ci=None if nll_ci is None else type(nll_ci)(math.exp(nll_ci.low), math.exp(nll_ci.high)),
         acc_ci=acc_ci, per_sample_nll=per_sample_nll, per_sample_acc=per_sample_acc, scored_tokens=n_tokens,

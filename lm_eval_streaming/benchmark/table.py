@@ -31,7 +31,7 @@ def format_table(run: Run) -> str:
         kerr = "" if r.kernel_error is None else f"{r.kernel_error.mean_abs_dnll:.1e}/{r.kernel_error.max_abs_dnll:.1e}"
         probe = "" if r.causality is None else f"{r.causality.max_abs_dlogit_overall:.1e}"
         rows.append([
-            r.method + (" noshift" if r.position_shift is False else ""),
+            r.method_label(),
             (r.attn_implementation or NA) + (" @full (1 call)" if r.one_call else ""),
             "all" if r.recent_size is None else f"{r.start_size}+{r.recent_size}",
             f"{r.ppl:.3f}", _ci(r.ppl_ci, ".3f"), f"{r.acc:.4f}", _ci(r.acc_ci, ".4f"), delta,

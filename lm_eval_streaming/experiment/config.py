@@ -73,13 +73,14 @@ _CHECKS = {
     "kernel_error": lambda v: check_bool("kernel_error", v),
     "causality_probe": lambda v: check_bool("causality_probe", v),
     "position_shift": check_position_shift,
+    "evict_every": lambda v: int_list("evict_every", [v] if isinstance(v, int) else v, 1),
     **{k: (lambda v, k=k, m=m: as_int(k, v, m)) for k, m in INT_MINIMUM.items()},
 }
 
 
 def _check_value(path, field: str, key: str, value):
     """One parameter value in canonical form, or a ConfigError naming the file and field."""
-    if key in ("recent_sizes", "methods", "dense_attn") and not isinstance(value, (list, str, int)):
+    if key in ("recent_sizes", "methods", "dense_attn", "evict_every") and not isinstance(value, (list, str, int)):
         raise _err(path, field, f"{value!r} is not a list")
     try:
         return _CHECKS[key](value)

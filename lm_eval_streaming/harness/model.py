@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 install_excepthook()
 
 
-OWN_ARGS = ("method", "start_size", "recent_size", "chunk_size", "attn_implementation")
+OWN_ARGS = ("method", "start_size", "recent_size", "chunk_size", "attn_implementation", "evict_every",
+            "position_shift")
 
 
 def _check_unknown_args(kwargs: dict) -> None:
@@ -125,10 +126,12 @@ class StreamingHFLM(HFLM):
 
     def __init__(self, pretrained: str | None = None, method: str = "streaming_llm", start_size=DEFAULT_START_SIZE,
                  recent_size=DEFAULT_RECENT_SIZE, chunk_size=DEFAULT_CHUNK_SIZE, device: str | None = None,
-                 attn_implementation: str | None = None, **kwargs):
+                 attn_implementation: str | None = None, evict_every=None, position_shift=None, **kwargs):
         # Validate everything before any model is loaded.
         _check_unknown_args(kwargs)
-        self.policy = policy_for(str(method), start_size, recent_size)
+        # evict_every / position_shift: options of the methods that take them (None: the method's default)
+        self.policy = policy_for(str(method), start_size, recent_size, evict_every=evict_every,
+                                 position_shift=position_shift)
         self.chunk_size = as_int("chunk_size", chunk_size, 1)
         _check_batch_size(kwargs.get("batch_size", 1))
         check_kernel(self.policy, attn_implementation)
@@ -341,6 +344,8 @@ class StreamingHFLM(HFLM):
             streaming_method=self.policy.method,
             streaming_start_size=self.policy.start_size,
             streaming_recent_size=self.policy.recent_size,
+            streaming_evict_every=getattr(self.policy, "evict_every", None),
+            streaming_position_shift=getattr(self.policy, "position_shift", None),
             streaming_chunk_size=self.chunk_size,
             streaming_attn_implementation=self.kernel,
             # What actually ran (lm-eval records the requested device and the pretrained string as given).

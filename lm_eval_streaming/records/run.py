@@ -86,6 +86,9 @@ class Row:
     one_call: bool | None = None
     # streaming_llm: False = the kept tokens at their true distances (no positional shift); None: not recorded
     position_shift: bool | None = None
+    # score-based eviction (h2o, tova, knorm): the cache is pruned after every evict_every tokens; None: not
+    # such a method, or not recorded (files before it existed)
+    evict_every: int | None = None
     acc: float | None = None  # None: not measured (other implementations log per-token NLL only)
     ppl_ci: Interval | None = None
     acc_ci: Interval | None = None
@@ -126,7 +129,13 @@ class Row:
     def label(self) -> str:
         if self.is_dense:
             return f"dense[{self.attn_implementation or '?'}{'@full' if self.one_call else ''}]"
-        return f"{self.method} {self.start_size}+{self.recent_size}" + (" noshift" if self.position_shift is False else "")
+        return f"{self.method_label()} {self.start_size}+{self.recent_size}"
+
+    def method_label(self) -> str:
+        """The method and the options that tell its rows apart: ``streaming_llm noshift``, ``h2o E64 shift``."""
+        if self.evict_every is not None:  # score-based: kept keys at true distances unless shifted
+            return f"{self.method} E{self.evict_every}" + (" shift" if self.position_shift else "")
+        return self.method + (" noshift" if self.position_shift is False else "")
 
 
 @dataclass
