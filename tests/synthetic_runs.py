@@ -32,17 +32,20 @@ def clean_numerics(run_args: dict, kernel: str) -> dict:
 def make_run(model_id: str, nll, *, max_tokens: int, trained_context: int, dtype: str = "float32",
              device: str = "cpu", methods=("streaming_llm", "window"), recent_sizes=(252,), num_samples: int = 2,
              dense_kernels=("sdpa",), model_family: str | None = None, model_params: float | None = None,
-             numerics=clean_numerics, relative_buckets: bool = True, cell_key: str | None = None) -> Run:
+             numerics=clean_numerics, relative_buckets: bool = True, cell_key: str | None = None,
+             ablation: bool = False) -> Run:
     """``nll(model_id, method, recent, kernel, position, run_args)`` gives each token's NLL. ``numerics(run_args,
     kernel)`` gives the measured fields of a dense row (``{}``: nothing measured). Deltas are against the first
-    dense kernel."""
+    dense kernel. ``ablation``: a streaming_llm row with position_shift=False per recent size, whose NLL is
+    ``nll(..., "streaming_llm noshift", ...)``."""
     args = {"model_id": model_id, "max_tokens": max_tokens, "trained_context": trained_context, "dtype": dtype,
             "device": device}
     positions = list(range(0, max_tokens, STEP))
     abs_edges = list(range(0, max_tokens + 256, 256))
 
-    def row(method, recent, kernel, reference):
-        values = [nll(model_id, method, recent, kernel, p, args) for p in positions]
+    def row(method, recent, kernel, reference, shift=None):
+        name = method + (" noshift" if shift is False else "")
+        values = [nll(model_id, name, recent, kernel, p, args) for p in positions]
         mean = sum(values) / len(values)
         dense = recent is None
         delta = None if reference is None else mean - reference
@@ -51,7 +54,7 @@ def make_run(model_id: str, nll, *, max_tokens: int, trained_context: int, dtype
                                                       "max_abs_logit": 25.0, "max_abs_attn_score": 40.0,
                                                       "nonfinite_attn_scores": 0}
         return Row(
-            method=method, start_size=0 if dense else 4, recent_size=recent,
+            method=method, start_size=0 if dense else 4, recent_size=recent, position_shift=shift,
             attn_implementation=kernel if dense else "lm_eval_streaming", ppl=math.exp(mean), acc=0.5 - mean / 20,
             nll_mean=mean, ppl_ci=None, acc_ci=None,
             delta_reference=None if reference is None else dense_kernels[0],
@@ -69,6 +72,8 @@ def make_run(model_id: str, nll, *, max_tokens: int, trained_context: int, dtype
     ref = rows[0].nll_mean
     rows += [row("dense", None, k, ref) for k in dense_kernels[1:]]
     rows += [row(m, r, "lm_eval_streaming", ref) for m in methods for r in recent_sizes]
+    if ablation:
+        rows += [row("streaming_llm", r, "lm_eval_streaming", ref, shift=False) for r in recent_sizes]
     return Run(model_id=model_id, max_tokens=max_tokens, num_samples=num_samples, dtype=dtype, device=device,
                chunk_size=512, rows=rows, model_family=model_family, model_params=model_params,
                trained_context=trained_context, versions={"torch": "x"}, machine="test",

@@ -199,3 +199,53 @@ def test_kernel_error_figure_only_from_rows_that_measured_it(tmp_path):
                                              "kernel_error_vs_position__EleutherAI_pythia-70m-deduped_mps.png"]
     for p in paths:
         _assert_png(p)
+
+
+# ----------------------------------------------------------------- issue 16 (h): figures a person reads
+def _drawn(monkeypatch, draw, runs, tmp_path):
+    """The axes of every figure ``draw`` makes (save_figure captured instead of only written)."""
+    axes = []
+
+    def keep(fig, path):
+        axes.append(fig.axes[0])
+        return path
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    draw(runs, tmp_path)
+    return axes
+
+
+def _legend(ax):
+    return ax.get_legend_handles_labels()[1]
+
+
+def test_position_figure_x_axis_context_line_smoothing_and_critical_point(monkeypatch, tmp_path):
+    tc = 8192
+    runs = extrapolation_runs()
+    [short] = _drawn(monkeypatch, plots.nll_vs_position, [r for r in runs if r.max_tokens == 2000
+                                                          and r.dtype == "float16"], tmp_path)
+    # 2000 tokens: the data ends far below the trained context (8192 > 1.5 x 2000): no line, x-axis to the data
+    assert not any("trained context" in label for label in _legend(short))
+    assert short.get_xlim()[1] < 2000 * 1.1
+    [long] = _drawn(monkeypatch, plots.nll_vs_position, [r for r in runs if r.max_tokens == 12000], tmp_path)
+    labels = _legend(long)
+    assert f"trained context ({tc})" in labels and long.get_xlim()[1] < 12000 * 1.1
+    # dense jumps by 1.5 from 8192 on, streaming is flat: in curve buckets of 256 tokens the critical point is 8192
+    assert "critical point 8192 (1.00x)" in labels
+    # each method: a faint raw line and a solid smoothed one, in the method's colour
+    stream = [line for line in long.lines if line.get_color() == plots.METHOD_COLORS["streaming_llm"]]
+    assert len(stream) == 2 and sorted(line.get_alpha() or 1.0 for line in stream) == [0.25, 1.0]
+
+
+def test_one_colour_per_method_across_figures(monkeypatch, tmp_path):
+    runs = extrapolation_runs()
+    colours = {}
+    for draw in (plots.ppl_vs_length, plots.ppl_vs_cache, plots.nll_vs_position):
+        for ax in _drawn(monkeypatch, draw, runs, tmp_path):
+            for line in ax.lines:
+                label = line.get_label()
+                for method in ("streaming_llm", "window"):
+                    if label.startswith(method):
+                        colours.setdefault(method, set()).add(line.get_color())
+    assert colours == {"streaming_llm": {plots.METHOD_COLORS["streaming_llm"]},
+                       "window": {plots.METHOD_COLORS["window"]}}

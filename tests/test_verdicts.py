@@ -6,6 +6,7 @@ result files, recall in the practical meaning, figure links that survive spaces.
 from __future__ import annotations
 
 import copy
+import math
 import json
 import subprocess
 import sys
@@ -260,3 +261,230 @@ def test_figure_links_with_spaces_resolve(tmp_path, real_runs):
         target = report.parent / unquote(image.attrs["src"])
         assert target.is_file() and target.read_bytes()[:4] == b"\x89PNG", image.attrs["src"]
     assert any("kernel_error_vs_position" in image.attrs["src"] for image in images)
+
+
+# ----------------------------------------------------------------- issue 16 (f): key criteria decide
+def test_side_criteria_never_decide_a_200_token_benchmark_of_a_small_model():
+    """200 tokens of a model trained on 2048 (0.1x): nothing past the context, so the extrapolation hypothesis
+    cannot be decided; the window-only side criterion fails (window equals streaming here) and must not rule it out."""
+    nll = lambda model, method, recent, kernel, pos, args: 3.0 if method == "dense" else 3.1  # noqa: E731
+    runs = [make_run("EleutherAI/pythia-70m-deduped", nll, max_tokens=200, trained_context=2048, recent_sizes=(64,))]
+    a = analyze(runs)
+    h = a.hypotheses["extrapolation"]
+    window = next(c for c in h.criteria if c.name.startswith("window-only"))
+    # window minus streaming NLL = 3.1 - 3.1 = 0 <= tolerance: the side criterion fails ...
+    assert window.status == "fail" and not window.key
+    jump = next(c for c in h.criteria if c.key)
+    assert jump.status == UNDECIDED and "beyond 1.1x" in jump.name
+    assert a.verdicts["extrapolation"] == "cannot decide"  # ... and decides nothing
+    assert any("configs/offline_length_long.yaml" in s and "--device mps" in s for s in h.next_steps())
+    report = render_report(a)
+    assert "ruled out" not in next(line for line in report.splitlines() if line.startswith("| position extrapolation"))
+    assert "□ 其他: 位置外推 (超出训练长度): 证据不足" in report
+
+
+def _ablation_runs(noshift_jump: float):
+    """Extrapolation data (dense +1.5 past 8192) with the ablation row: streaming's tokens at true distances, whose NLL
+    rises by ``noshift_jump`` past the trained context."""
+    tc = 8192
+
+    def nll(model, method, recent, kernel, pos, args):
+        if method == "dense":
+            return 3.0 + (1.5 if pos >= tc else 0.0)
+        if method == "streaming_llm noshift":
+            return 3.02 + (noshift_jump if pos >= tc else 0.0)
+        return 3.02
+
+    return [make_run("smollm2-135m", nll, max_tokens=n, trained_context=tc, methods=("streaming_llm",), ablation=True)
+            for n in (4000, 12000)]
+
+
+@pytest.mark.parametrize("jump,status,verdict", [(1.0, PASS, "supported"), (0.0, "fail", "ruled out")])
+def test_the_ablation_is_a_key_criterion_when_present(jump, status, verdict):
+    a = analyze(_ablation_runs(jump))
+    h = a.hypotheses["extrapolation"]
+    abl = next(c for c in h.criteria if c.name.startswith("same cache at true distances"))
+    assert abl.key and abl.status == status and a.verdicts["extrapolation"] == verdict
+    # beyond 1.1x: noshift 3.02 + jump vs streaming 3.02; below 0.9x both 3.02; dense's gap grows by 1.5 (the NLLs above)
+    assert f"grows by {jump:+.3f} beyond 1.1x" in abl.evidence and "+1.500" in abl.evidence
+    if status == "fail":
+        assert abl.outcome == "the same cache at true distances does not degrade"
+        assert "fail: the same cache at true distances does not degrade" in render_report(a)
+    # the ablation rows are not streaming rows: the reference streaming row stays the shifted one
+    assert all(r.position_shift is not False for r in (e.row for e in _data(a).ref))
+
+
+def _data(a):
+    from lm_eval_streaming.analysis.data import Data
+    return Data(a.runs, TOLERANCE)
+
+
+def test_without_the_ablation_the_report_says_so_and_gives_the_command():
+    nll = lambda model, method, recent, kernel, pos, args: 3.0 + (1.5 if method == "dense" and pos >= 8192 else 0)  # noqa
+    a = analyze([make_run("smollm2-135m", nll, max_tokens=12000, trained_context=8192)])
+    abl = next(c for c in a.hypotheses["extrapolation"].criteria if c.name.startswith("same cache at true"))
+    assert not abl.key and abl.status == UNDECIDED and "not run" in abl.evidence
+    assert "lm-eval-streaming experiment configs/offline_ablation.yaml --output" in abl.next_step
+    report = render_report(a)
+    assert "the ablation was not run" in report and "configs/offline_ablation.yaml" in report
+    assert a.verdicts["extrapolation"] == "supported"  # decided by its key criterion, the jump
+
+
+# ----------------------------------------------------------------- issue 16 (d): the critical point
+def _curve_run(per_sample_gap, width=256.0, tc=8192, base=3.0):
+    """One run whose per-sample dense curves are streaming's (``base``) plus ``per_sample_gap[s][i]`` in bucket i."""
+    from lm_eval_streaming.records import Buckets, Row, Run
+
+    n = len(per_sample_gap[0])
+    edges = [i * width for i in range(n + 1)]
+    dense_s = [[base + g for g in gaps] for gaps in per_sample_gap]
+    stream_s = [[base] * n for _ in per_sample_gap]
+    pooled = lambda curves: [sum(c[i] for c in curves) / len(curves) for i in range(n)]  # noqa: E731
+
+    def row(method, recent, curves):
+        return Row(method=method, start_size=0 if recent is None else 4, recent_size=recent,
+                   attn_implementation="sdpa" if recent is None else "lm_eval_streaming", ppl=20.0, nll_mean=3.0,
+                   nll_curve=Buckets(edges, pooled(curves), [256] * n), nll_curve_per_sample=curves,
+                   delta_nll_vs_dense=None if recent is None else -0.1, delta_reference=None if recent is None else "sdpa")
+
+    return Run(model_id="smollm2-135m", max_tokens=int(n * width), num_samples=len(per_sample_gap), dtype="float32",
+               device="cpu", chunk_size=512, trained_context=tc,
+               rows=[row("dense", None, dense_s), row("streaming_llm", 252, stream_s)])
+
+
+def _step(n, start, height=1.0, noise=0.02):
+    """0 +- noise before bucket ``start``, height +- noise from it (noise below the tolerance)."""
+    return [(height if i >= start else 0.0) + (noise if i % 2 else -noise) for i in range(n)]
+
+
+def test_critical_point_per_sample_and_pooled():
+    from lm_eval_streaming.analysis.critical import critical_points
+
+    n, width = 50, 256.0
+    starts = [30, 35, 40]  # buckets where each sample's dense starts to lose: 7680, 8960, 10240 tokens
+    a = analyze([_curve_run([_step(n, s) for s in starts], width)])
+    [cp] = critical_points(_data(a))
+    assert cp.per_sample == [s * width for s in starts]
+    # pooled: a third of the samples lose from bucket 30 on (gap 1/3 > 0.05), so the pooled curve turns there
+    assert cp.pooled == 30 * width and cp.multiple(cp.pooled) == pytest.approx(7680 / 8192)
+    assert cp.spread() == "median 8960 [7680, 10240] over 3 of 3 samples"
+    assert a.scope["sequence length"].startswith(">= 7680 tokens (0.94x the trained context 8192)")
+    assert "- 序列长度: >= 7680 tokens" in render_report(a)
+
+
+def test_critical_point_must_stay_above_to_the_end():
+    from lm_eval_streaming.analysis.critical import first_lasting_excess
+
+    n = 50
+    edges = [float(i) for i in range(n + 1)]
+    zero = [3.0] * n
+    # above from 10 to 20, far below from 21 to 30, above again from 31: the point is 31, not 10
+    gap = [1.0 if 10 <= i <= 20 or i >= 31 else (-1.0 if i <= 30 and i > 20 else 0.0) for i in range(n)]
+    assert first_lasting_excess(edges, [3.0 + g for g in gap], zero, TOLERANCE) == 31.0
+    # a blip in the last two buckets is not "stays above": not reached
+    tail = [1.0 if i >= n - 2 else 0.0 for i in range(n)]
+    assert first_lasting_excess(edges, [3.0 + g for g in tail], zero, TOLERANCE) is None
+    # never above: not reached, and the template says so
+    a = analyze([_curve_run([_step(n, n, 0.0)] * 2)])
+    assert a.critical_main is None and a.scope["sequence length"].startswith("not reached")
+
+
+def test_critical_point_matches_a_brute_force_rule_on_noisy_curves():
+    """A brute-force reading of the documented rule (every candidate bucket tried, smoothing recomputed by hand)."""
+    import random
+
+    from lm_eval_streaming.analysis.critical import MIN_TAIL_BINS, SMOOTH_BINS, first_lasting_excess
+
+    rng = random.Random(16)
+    n, edges = 50, [float(10 * i) for i in range(51)]
+    for _ in range(200):
+        start = rng.randrange(0, n)
+        gap = [(0.3 if i >= start else 0.0) + rng.gauss(0, 0.08) for i in range(n)]
+
+        def smoothed(i):
+            window = gap[max(0, i - SMOOTH_BINS // 2): i + SMOOTH_BINS // 2 + 1]
+            return sum(window) / len(window)
+
+        expected = None
+        for i in range(n):
+            if (n - i >= MIN_TAIL_BINS and gap[i] > TOLERANCE and all(smoothed(j) > TOLERANCE for j in range(i, n))):
+                expected = edges[i]
+                break
+        assert first_lasting_excess(edges, [3 + g for g in gap], [3.0] * n, TOLERANCE) == expected
+
+
+# ----------------------------------------------------------------- issue 16 (g): missing metrics are unknown
+def test_records_without_accuracy_or_intervals_load_with_them_unknown(tmp_path, real_runs):
+    flat = [{"model_id": "other-impl", "max_tokens": 1000, "num_samples": 2, "dtype": "float32", "device": "cpu",
+             "method": m, "start_size": s, "recent_size": r, "ppl": p} for m, s, r, p in
+            (("dense", 0, None, 30.0), ("streaming_llm", 4, 252, 33.0))]
+    old_json = tmp_path / "other_impl.json"
+    old_json.write_text(json.dumps(flat))
+    entry = {"experiment": "x", "cell_key": "c1", "cell": {}, "rows": [dict(flat[0], nll_mean=3.4, ppl=None)]}
+    del entry["rows"][0]["ppl"]
+    old_jsonl = tmp_path / "old.jsonl"
+    old_jsonl.write_text(json.dumps(entry) + "\n")
+    new = real_runs[0].to_dict()
+    for row in new["rows"]:
+        for k in ("acc", "acc_ci", "ppl_ci", "delta_acc_vs_dense", "delta_acc_ci", "per_sample_acc"):
+            row.pop(k)
+    new_json = tmp_path / "new.json"
+    new_json.write_text(json.dumps(new))
+    runs = load_runs([old_json, old_jsonl, new_json], warn=lambda m: pytest.fail(m))
+    assert len(runs) == 3
+    assert all(row.acc is None and row.acc_ci is None for run in runs for row in run.rows)
+    assert runs[0].rows[1].nll_mean == pytest.approx(math.log(33.0))  # one of ppl / nll_mean suffices
+    assert runs[1].rows[0].ppl == pytest.approx(math.exp(3.4))
+    a = analyze(runs)
+    rows = sum(len(r.rows) for r in runs)
+    assert f"Accuracy was not measured in {rows} of {rows} rows: the verdicts use NLL alone." in a.phenomenon
+    report = render_report(a)
+    assert "not measured" in report and "Δaccuracy n/a" in report
+    proc = run_cli("analyze", old_json, old_jsonl, new_json, "--output", tmp_path / "r.md")
+    assert proc.returncode == 0 and "missing acc" not in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------------- issue 16 (e, h): the report a person reads
+def _lines_are_short(report: str):
+    long = [line[:80] for line in report.splitlines() if len(line) > 300]
+    assert not long, long
+
+
+def test_report_reads_verdict_table_first_template_and_tables(real_runs):
+    from test_analysis import extrapolation_runs
+
+    a = analyze(extrapolation_runs())
+    report = render_report(a)
+    _lines_are_short(report)
+    body = report.split("## Verdicts", 1)[1].lstrip().splitlines()
+    assert body[0] == "| hypothesis | verdict | decided by (key criteria) | key numbers |"
+    assert "| position extrapolation (位置外推) | supported |" in report
+    reasons = report.split("### 原因分析", 1)[1].split("###", 1)[0]
+    assert reasons.count("☑") == 1 and reasons.count("□") == 2
+    assert "- ☑ 其他: 位置外推 (超出训练长度): dense NLL jumps" in reasons
+    assert "- □ 压缩提升预测能力: ruled out" in report and "- □ 数值稳定性问题: ruled out" in report
+    assert "| criterion | key or side | pass / fail / cannot decide | numbers |" in report
+    assert "| device/dtype/kernel | probe | kernel error | NaN/Inf | verdict |" in report
+    # "fail" with good news says what failed
+    assert "fail: numerical problem not found where measured" in report
+    assert "| cpu/float32/sdpa | max abs Δlogit 0 <= 0.01 |" in report and "numerical problem not found |" in report
+    _lines_are_short(render_report(analyze(real_runs)))
+
+
+def test_no_supported_hypothesis_ticks_nothing_and_says_what_to_run():
+    nll = lambda model, method, recent, kernel, pos, args: 3.0 if method == "dense" else 3.1  # noqa: E731
+    a = analyze([make_run("EleutherAI/pythia-70m-deduped", nll, max_tokens=200, trained_context=2048,
+                          numerics=lambda args, kernel: {})])
+    report = render_report(a)
+    assert "☑" not in report and report.count("- □ ") == 3
+    assert "无法判定 (cannot decide): no hypothesis is supported by its key criteria. Next: run `" in report
+
+
+def test_accuracy_intervals_stay_within_0_and_1(real_runs):
+    from lm_eval_streaming.records import Interval
+
+    runs = copy.deepcopy(real_runs[:1])
+    runs[0].rows[0].acc, runs[0].rows[0].acc_ci = 0.97, Interval(0.9, 1.05)
+    runs[0].rows[1].acc, runs[0].rows[1].acc_ci = 0.02, Interval(-0.03, 0.07)
+    report = render_report(analyze(runs))
+    assert "0.9700 [0.9000, 1.0000]" in report and "0.0200 [0.0000, 0.0700]" in report

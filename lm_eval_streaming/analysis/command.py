@@ -73,7 +73,7 @@ def run(args) -> int:
     if args.figures:
         from lm_eval_streaming.analysis.figures import make_figures
 
-        figs = make_figures(a.runs, args.figures)
+        figs = make_figures(a.runs, args.figures, a.tolerance)
         a.figures = [str(p) for p in figs]
         base = Path(args.output).resolve().parent if args.output != "-" else Path.cwd()
         links = [os.path.relpath(Path(p).resolve(), base) for p in figs]

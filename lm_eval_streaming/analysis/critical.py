@@ -7,8 +7,9 @@ NLL per bucket; each sample's own curve in ``Row.nll_curve_per_sample``):
 1. gap[i] = dense NLL - streaming NLL in bucket i (the same tokens: the rows of one run score the same samples);
 2. smoothed with a centred moving average over ``SMOOTH_BINS`` buckets (fewer at the ends; empty buckets skipped);
 3. the critical point is the lower edge of the first bucket from which every smoothed gap to the end is above the
-   tolerance, provided that run of buckets is at least ``MIN_TAIL_BINS`` long (else: not reached, a last-bucket
-   blip is not "stays above").
+   tolerance and whose own (unsmoothed) gap is above it too (the average spreads a step half a window to the left),
+   provided that run of buckets is at least ``MIN_TAIL_BINS`` long (else: not reached, a last-bucket blip is not
+   "stays above").
 
 It is computed on the run's pooled curve and on every sample's curve (the spread over samples), in tokens and
 as a multiple of the trained context.
@@ -48,6 +49,10 @@ def first_lasting_excess(edges: list[float], dense: list[float | None], streamin
     start = len(smoothed)
     while start > 0 and finite(smoothed[start - 1]) and smoothed[start - 1] > tol:
         start -= 1
+    # the moving average spreads a step over half its window to the left: begin where the bucket's own gap is
+    # above the tolerance too
+    while start < len(gap) and not (finite(gap[start]) and gap[start] > tol):
+        start += 1
     if len(smoothed) - start < MIN_TAIL_BINS:
         return None
     return edges[start]
@@ -104,9 +109,24 @@ def critical_point(run: Run, dense: Row, streaming: Row, tol: float) -> Critical
     return CriticalPoint(run, dense, streaming, pooled, per_sample, edges[1] - edges[0])
 
 
+def critical_points(d) -> list[CriticalPoint]:
+    """The critical point of every run of ``d`` (an analysis.data.Data) with a reference dense row and a streaming
+    row (the one closest to the seed's recent size) on the same curve buckets."""
+    out = []
+    for run in d.runs:
+        dense, s = d.dense_of(run), d.ref_of(run)
+        if dense is not None and s is not None:
+            cp = critical_point(run, dense, s.row, d.tol)
+            if cp is not None:
+                out.append(cp)
+    return out
+
+
 def smoothing_text(points: list[CriticalPoint]) -> str:
+    if not points:
+        return ""
     widths = sorted({round(p.bin_width) for p in points})
     width = f"{widths[0]}" if len(widths) == 1 else f"{widths[0]}-{widths[-1]}"
     return (f"curve buckets of {width} tokens (1/{len(points[0].dense.nll_curve.nll)} of the sample), centred "
             f"moving average over {SMOOTH_BINS} buckets; the smoothed gap must stay above the tolerance to the end "
-            f"of the sample, over at least {MIN_TAIL_BINS} buckets") if points else ""
+            f"of the sample, over at least {MIN_TAIL_BINS} buckets, starting at a bucket whose own gap is above it")

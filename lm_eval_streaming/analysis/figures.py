@@ -24,12 +24,36 @@ from collections import defaultdict
 from pathlib import Path
 
 from lm_eval_streaming.records import Row, Run
-from lm_eval_streaming.analysis.data import kernel_name
+from lm_eval_streaming.analysis.base import TOLERANCE
+from lm_eval_streaming.analysis.critical import SMOOTH_BINS, critical_points, smooth
+from lm_eval_streaming.analysis.data import Data, kernel_name
 from lm_eval_streaming.analysis.inputs import check_figures_dir, check_result_files, read_results
 
-# dense lines are grey and broken, one look per kernel; methods get the colour cycle
+# One colour per method in every figure (dense kernels: greys with their own line style); a method not listed gets a
+# colour from its name, the same in every figure.
+METHOD_COLORS = {"streaming_llm": "tab:blue", "window": "tab:orange", "streaming_llm noshift": "tab:green",
+                 "h2o": "tab:red", "tova": "tab:purple", "knorm": "tab:brown"}
+SPARE_COLORS = ("tab:pink", "tab:olive", "tab:cyan", "gold", "teal", "navy")
 DENSE_STYLES = [{"color": c, "linestyle": ls, "linewidth": 1.6}
-                for c, ls in (("black", "--"), ("dimgray", "-."), ("darkgray", ":"))]
+                for c, ls in (("black", "--"), ("dimgray", "-."), ("darkgray", ":"), ("silver", (0, (5, 1))))]
+CONTEXT_REACH = 1.5  # draw the trained context only when the data reaches within 1.5x of it
+
+
+def method_key(row: Row) -> str:
+    return row.method + (" noshift" if row.position_shift is False else "")
+
+
+def method_color(key: str) -> str:
+    if key in METHOD_COLORS:
+        return METHOD_COLORS[key]
+    return SPARE_COLORS[sum(map(ord, key)) % len(SPARE_COLORS)]  # stable across runs (str hash is salted)
+
+
+def _row_style(row: Row, label: str, labels) -> dict:
+    """Dense: a grey line style per kernel; a method: its colour."""
+    if row.is_dense:
+        return _dense_style(label, labels)
+    return {"color": method_color(method_key(row))}
 
 
 def _dense_style(label: str, labels) -> dict:
@@ -88,7 +112,7 @@ def _label(row: Row) -> str:
     """Legend label: dense per kernel (several dense kernels per run), streaming methods by cache size."""
     if row.is_dense:
         return f"dense ({kernel_name(row)})"
-    return f"{row.method} ({row.start_size}+{row.recent_size})"
+    return f"{method_key(row)} ({row.start_size}+{row.recent_size})"
 
 
 def _by(runs: list[Run], *keys: str) -> dict:
@@ -102,10 +126,25 @@ def _trained_context(runs: list[Run]) -> int | None:
     return next((r.trained_context for r in runs if r.trained_context), None)
 
 
-def _context_line(ax, runs: list[Run], color: str = "red"):
+def _context_line(ax, runs: list[Run], x_max: float | None = None, color: str = "red"):
+    """The trained context as a vertical line, only when the data reaches within CONTEXT_REACH of it (a line far
+    right of the data would squash it); the x-axis then ends at the data or the line, whichever is further."""
     tc = _trained_context(runs)
-    if tc:
+    if tc and (x_max is None or x_max * CONTEXT_REACH >= tc):
         ax.axvline(tc, color=color, linestyle=":", label=f"trained context ({tc})")
+        return tc
+    return None
+
+
+def _x_to_data(ax, xs, line: float | None = None, log: bool = False):
+    """x-axis from the data's first to its last point (and the trained-context line when drawn)."""
+    xs = [x for x in xs if _finite(x)]
+    if not xs:
+        return
+    lo, hi = min(xs), max(xs + ([line] if line else []))
+    if hi > lo:
+        pad = (hi / lo) ** 0.03 if log and lo > 0 else (hi - lo) * 0.02
+        ax.set_xlim((lo / pad, hi * pad) if log and lo > 0 else (lo - pad, hi + pad))
 
 
 def ppl_vs_length(runs: list[Run], outdir: Path) -> list[Path]:
@@ -116,10 +155,11 @@ def ppl_vs_length(runs: list[Run], outdir: Path) -> list[Path]:
         if len({r.max_tokens for r in rs}) < 2:
             continue
         specs = sorted({r.sample_spec or "" for r in rs})
-        lines = defaultdict(lambda: defaultdict(list))
+        lines, kinds = defaultdict(lambda: defaultdict(list)), {}
         for run in rs:
             for row in run.rows:
                 lines[(_label(row), run.sample_spec or "")][run.max_tokens].append(row.ppl)
+                kinds[_label(row)] = method_key(row)
         labels = {label for label, _ in lines}
         fig, ax = new_figure()
         for label, spec in sorted(lines, key=lambda k: (specs.index(k[1]), not k[0].startswith("dense"), k[0])):
@@ -127,9 +167,12 @@ def ppl_vs_length(runs: list[Run], outdir: Path) -> list[Path]:
             name = label if len(specs) < 2 else f"{label} [{spec.split(':')[-1] or 'old samples'}]"
             style = {"markerfacecolor": "none"} if specs.index(spec) else {}
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
-                    **_dense_style(label, labels), **style)
-        _context_line(ax, rs)
+                    **(_dense_style(label, labels) if label.startswith("dense") else
+                       {"color": method_color(kinds[label])}), **style)
+        lengths = [r.max_tokens for r in rs]
+        line = _context_line(ax, rs, max(lengths))
         ax.set_xscale("log")
+        _x_to_data(ax, lengths, line, log=True)
         ax.set_yscale("log")
         paths.append(_finish(fig, ax, "sequence length (tokens)", "perplexity",
                              f"Perplexity vs length: {model} ({device}, {dtype})",
@@ -143,13 +186,16 @@ def ppl_vs_cache(runs: list[Run], outdir: Path) -> list[Path]:
         cached = [row for run in rs for row in run.rows if not row.is_dense]
         if len({row.recent_size for row in cached}) < 2:
             continue
-        lines = defaultdict(lambda: defaultdict(list))
+        lines, kinds = defaultdict(lambda: defaultdict(list)), {}
         for row in cached:
-            lines[f"{row.method} (sinks {row.start_size})"][row.recent_size].append(row.ppl)
+            label = f"{method_key(row)} (sinks {row.start_size})"
+            lines[label][row.recent_size].append(row.ppl)
+            kinds[label] = method_key(row)
         fig, ax = new_figure()
         for label in sorted(lines):
             pts = sorted((k, _mean(v)) for k, v in lines[label].items())
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label,
+                    color=method_color(kinds[label]))
         dense = defaultdict(list)
         for run in rs:
             for row in run.dense_rows():
@@ -158,13 +204,14 @@ def ppl_vs_cache(runs: list[Run], outdir: Path) -> list[Path]:
             if _finite(_mean(values)):
                 ax.axhline(_mean(values), label=f"{label}: {_mean(values):.2f}", **_dense_style(label, dense))
         ax.set_xscale("log", base=2)
+        _x_to_data(ax, [row.recent_size for row in cached], log=True)
         paths.append(_finish(fig, ax, "recent size (tokens kept besides the sinks)", "perplexity",
                              f"Perplexity vs cache size: {model}, {tokens} tokens ({device}, {dtype})",
                              outdir / f"ppl_vs_cache__{_slug(model, tokens, device, dtype)}.png"))
     return paths
 
 
-def nll_vs_position(runs: list[Run], outdir: Path) -> list[Path]:
+def nll_vs_position(runs: list[Run], outdir: Path, tol: float = TOLERANCE) -> list[Path]:
     """NLL by position (``nll_curve``) per row at the longest length of each model/device/dtype, from the runs of
     one way of building samples (the one with the most rows there), so every line shows the same tokens."""
     paths = []
@@ -180,12 +227,26 @@ def nll_vs_position(runs: list[Run], outdir: Path) -> list[Path]:
         rows = {}  # the same setting in two runs of this length: drawn once
         for row in (row for r in chosen for row in r.rows if row.nll_curve):
             rows.setdefault(_label(row), row)
+        xs = []
         for label, row in sorted(rows.items(), key=lambda t: (not t[1].is_dense, t[0])):
             pts = [(x, v) for x, v in zip(row.nll_curve.centers(), row.nll_curve.nll) if _finite(v)]
-            ax.plot([p for p, _ in pts], [v for _, v in pts], label=label, **_dense_style(label, rows))
-        _context_line(ax, rs)
+            style = _row_style(row, label, rows)
+            x, raw = [p for p, _ in pts], [v for _, v in pts]
+            ax.plot(x, raw, alpha=0.25, linewidth=0.8, **{k: v for k, v in style.items() if k != "linewidth"})
+            ax.plot(x, smooth(raw), label=label, **style)
+            xs += x
+        line = _context_line(ax, rs, max(xs, default=None))
+        _x_to_data(ax, xs + [0], line)
+        for cp in critical_points(Data(chosen, tol)):
+            if cp.pooled is not None:
+                m = cp.multiple(cp.pooled)
+                ax.axvline(cp.pooled, color="crimson", linewidth=1.2,
+                           label=f"critical point {cp.pooled:.0f}" + (f" ({m:.2f}x)" if m else ""))
+                break  # one run of this length: one critical point
         paths.append(_finish(fig, ax, "token position", "NLL (nats/token)",
-                             f"NLL vs position: {model}, {longest} tokens ({device}, {dtype})",
+                             f"NLL vs position: {model}, {longest} tokens ({device}, {dtype})\n"
+                             f"faint: per bucket of {longest / len(row.nll_curve.nll):.0f} tokens; solid: moving "
+                             f"average over {SMOOTH_BINS} buckets",
                              outdir / f"nll_vs_position__{_slug(model, longest, device, dtype)}.png"))
     return paths
 
@@ -214,7 +275,9 @@ def kernel_error_vs_position(runs: list[Run], outdir: Path) -> list[Path]:
         if not ax.lines:
             continue  # every kernel equals the reference exactly: nothing to draw on a log axis
         ax.set_yscale("log")
-        _context_line(ax, rs, color="grey")
+        xs = [x for line_ in ax.lines for x in line_.get_xdata()]
+        line = _context_line(ax, rs, max(xs), color="grey")
+        _x_to_data(ax, xs, line)
         title = f"Kernel error by position: {model}, {device}"
         if exact:
             title += "\n" + textwrap.fill(f"identical to the reference (0, not drawn): {', '.join(sorted(exact))}", 90)
@@ -223,11 +286,11 @@ def kernel_error_vs_position(runs: list[Run], outdir: Path) -> list[Path]:
     return paths
 
 
-def make_figures(runs: list[Run], outdir) -> list[Path]:
+def make_figures(runs: list[Run], outdir, tol: float = TOLERANCE) -> list[Path]:
     """Write every figure the runs allow into ``outdir``; returns their paths."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    return (ppl_vs_length(runs, outdir) + ppl_vs_cache(runs, outdir) + nll_vs_position(runs, outdir)
+    return (ppl_vs_length(runs, outdir) + ppl_vs_cache(runs, outdir) + nll_vs_position(runs, outdir, tol)
             + kernel_error_vs_position(runs, outdir))
 
 

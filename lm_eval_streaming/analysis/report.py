@@ -94,8 +94,8 @@ def _verdict_table(a: Analysis) -> list[str]:
         by += f"; +{len(deciding) - 1} more (criteria below)" if len(deciding) > 1 else ""
         numbers = deciding[0].brief(110) if deciding else ""
         if h.verdict == OPEN and h.next_steps():
-            numbers = f"next: {h.next_steps()[0]}"
-        rows.append([h.label, h.verdict, by, numbers])
+            numbers = f"next: {h.next_steps()[0].split('` (', 1)[0]}`"  # the command; the Mac recipe is below
+        rows.append([h.label.split(":")[0], h.verdict, by, numbers])
     return table(("hypothesis", "verdict", "decided by (key criteria)", "key numbers"), rows)
 
 

@@ -9,6 +9,7 @@ from lm_eval_streaming.records import Run
 from lm_eval_streaming.analysis.base import (OPEN, PASS, RULED_OUT, SUPPORTED, TOLERANCE, Analysis, fmt, interval, run_next,
                                             signed)
 from lm_eval_streaming.analysis.hypotheses.compression import compression
+from lm_eval_streaming.analysis.critical import critical_points
 from lm_eval_streaming.analysis.data import Data, delta_class, effect, family_of, kernel_name, size_label
 from lm_eval_streaming.analysis.hypotheses.extrapolation import extrapolation
 from lm_eval_streaming.analysis.hypotheses.numerics import (BROKEN, UNMEASURED, device_type, judge_kernels, listing,
@@ -63,20 +64,6 @@ def _size_scope(d: Data, points=()) -> str:
         else:
             parts.append(f"{where}: >= {size_label(d.model_run[eff[0]])} (tested: {tested})")
     return "; ".join(parts) + ("; sizes compared only within a family" if len(families) > 1 else "") or "none"
-
-
-def critical_points(d: Data) -> list:
-    """The critical point of every run with a reference dense row and a streaming row on the same curve buckets."""
-    from lm_eval_streaming.analysis.critical import critical_point
-
-    out = []
-    for run in d.runs:
-        dense, s = d.dense_of(run), d.ref_of(run)
-        if dense is not None and s is not None:
-            cp = critical_point(run, dense, s.row, d.tol)
-            if cp is not None:
-                out.append(cp)
-    return out
 
 
 def main_critical(points: list):
