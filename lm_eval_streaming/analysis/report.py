@@ -9,7 +9,7 @@ from typing import Iterable
 from urllib.parse import quote
 
 from lm_eval_streaming.analysis.base import (CAUSAL_TOL, HUGE_ATTN_SCORE, HUGE_LOGIT, HW_TOLERANCE, KERNEL_SHARE, OPEN,
-                                            PASS, RULED_OUT, UNDECIDED, Analysis, fmt, interval, signed)
+                                            PASS, RULED_OUT, UNDECIDED, Analysis, fmt, interval, run_next, signed)
 from lm_eval_streaming.analysis.critical import smoothing_text
 from lm_eval_streaming.analysis.hypotheses.numerics import BROKEN, CLEAN, UNMEASURED
 from lm_eval_streaming.analysis.data import Scored, kernel_name, nonfinite
@@ -168,6 +168,8 @@ def _readable_summary(a: Analysis) -> list[str]:
                                                               if abl.status != UNDECIDED else
                                                               f"{abl.evidence}; {abl.next_step}"))
     lines += [f"- {n}" for n in a.notes]
+    if not any(str(r.device).startswith("mps") for r in a.runs):
+        lines.append(f"- The seed's setting (Pythia-6.9B, MPS, float16) was not measured here: {run_next('hardware')}.")
     out = []
     for line in lines:
         out += wrap(line, "  ")
