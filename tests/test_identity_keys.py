@@ -1,0 +1,148 @@
+"""Issue 18: every place that keys, merges, dedupes or caches by a setting keys by everything that changes
+the number (and by nothing that does not). Each test goes through the command where a user meets it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEXT = "the king and the queen walk to the old castle by the river where a cold wind blows over the hills "
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _task_dir(root: Path) -> Path:
+    """One rolling-perplexity task of three documents long enough that a 2+4 cache differs from dense."""
+    task_dir = root / "tasks"
+    task_dir.mkdir(exist_ok=True)
+    data = task_dir / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": TEXT * (2 + i)}) + "\n" for i in range(3)))
+    (task_dir / "tiny_roll.yaml").write_text(
+        "task: tiny_roll\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(data) +
+        "\ntest_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n")
+    return task_dir
+
+
+def lm_eval(root: Path, model: str, margs: str, out: str, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", model, "--model_args", margs, "--tasks", "tiny_roll",
+         "--include_path", str(_task_dir(root)), "--device", "cpu", "--output_path", str(root / out), *extra],
+        cwd=root, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def word_ppl(root: Path, out: str) -> float:
+    (path,) = (root / out).rglob("results_*.json")
+    return json.loads(path.read_text())["results"]["tiny_roll"]["word_perplexity,none"]
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+# ------------------------------------------------------------------ 1. --use_cache and the tokenizer
+def _reversed_merges(tok_dir: Path) -> None:
+    """Same vocabulary and special tokens (so the same prefix token id), other merges: other token ids."""
+    path = tok_dir / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    spec["model"]["merges"] = spec["model"]["merges"][: len(spec["model"]["merges"]) // 50]
+    path.write_text(json.dumps(spec))
+
+
+@pytest.mark.slow
+def test_use_cache_refuses_a_changed_tokenizer_at_the_same_path(tiny_model_dirs, tmp_path):
+    tok = tmp_path / "tok"
+    shutil.copytree(tiny_model_dirs["gpt_neox"], tok)
+    cache = tmp_path / "cache" / "c"
+    margs = f"pretrained={tiny_model_dirs['gpt_neox']},tokenizer={tok},method=dense"
+    _ok(lm_eval(tmp_path, "streaming_hf", margs, "a", "--use_cache", str(cache)))
+    _reversed_merges(tok)
+    fresh = word_ppl(tmp_path, "a"), _ok(lm_eval(tmp_path, "streaming_hf", margs, "fresh")) and word_ppl(tmp_path,
+                                                                                                          "fresh")
+    assert fresh[0] != pytest.approx(fresh[1], rel=1e-3), "the two tokenizers score alike: the test proves nothing"
+    again = lm_eval(tmp_path, "streaming_hf", margs, "b", "--use_cache", str(cache))
+    # Refused (one line naming the tokenizer), never the first tokenizer's numbers with exit 0.
+    assert again.returncode != 0 and "tokenizer_content=" in again.stderr and "Traceback" not in again.stderr
+    assert not list((tmp_path / "b").rglob("results_*.json"))
+
+
+def test_fingerprint_holds_tokenizer_model_files_policy_and_args(tiny_model_dirs, tmp_path):
+    from lm_eval_streaming.harness.model import StreamingHFLM
+
+    tok = tmp_path / "tok"
+    shutil.copytree(tiny_model_dirs["llama"], tok)
+    model = str(tiny_model_dirs["llama"])
+    base = StreamingHFLM(pretrained=model, tokenizer=str(tok), device="cpu", recent_size=8).cache_fingerprint()
+    same = StreamingHFLM(pretrained=model + "/", tokenizer=str(tok) + "/", device="cpu", recent_size=8,
+                         batch_size=4).cache_fingerprint()
+    assert same == base  # spelling and batch size change no number
+    _reversed_merges(tok)
+    others = [StreamingHFLM(pretrained=model, tokenizer=str(tok), device="cpu", recent_size=8),  # content
+              StreamingHFLM(pretrained=model, device="cpu", recent_size=8),  # the model's own tokenizer
+              StreamingHFLM(pretrained=model, tokenizer=str(tiny_model_dirs["llama"]), device="cpu", recent_size=8,
+                            add_bos_token=True),
+              StreamingHFLM(pretrained=model, tokenizer=str(tiny_model_dirs["llama"]), device="cpu", recent_size=8,
+                            chunk_size=16)]
+    prints = [o.cache_fingerprint() for o in others]
+    assert len(set(prints + [base])) == len(prints) + 1
+
+
+# ------------------------------------------------------------------ 2. hf never reads streaming_hf's cache
+@pytest.mark.slow
+def test_hf_on_a_cache_filled_by_streaming_hf_computes_its_own_numbers(tiny_model_dirs, tmp_path):
+    path = tiny_model_dirs["gpt_neox"]
+    cache = tmp_path / "cache" / "c"
+    _ok(lm_eval(tmp_path, "streaming_hf", f"pretrained={path},start_size=2,recent_size=4", "s",
+                "--use_cache", str(cache)))
+    _ok(lm_eval(tmp_path, "hf", f"pretrained={path}", "fresh"))
+    assert word_ppl(tmp_path, "s") != pytest.approx(word_ppl(tmp_path, "fresh"), rel=1e-3)
+    cached = _ok(lm_eval(tmp_path, "hf", f"pretrained={path}", "h", "--use_cache", str(cache)))
+    assert word_ppl(tmp_path, "h") == pytest.approx(word_ppl(tmp_path, "fresh"), rel=1e-6)
+    assert "Requests remaining: 3" in cached.stderr + cached.stdout
+
+
+# ------------------------------------------------------------------ 6. attention implementation names
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nonsense", "flash_attention_2"])
+def test_unknown_or_missing_attention_kernel_is_one_line_before_loading(tiny_model_dirs, tmp_path, name):
+    import transformers.utils as tu
+
+    if name == "flash_attention_2" and tu.is_flash_attn_2_available():
+        pytest.skip("flash-attn is installed here")
+    proc = lm_eval(tmp_path, "streaming_hf", f"pretrained={tiny_model_dirs['llama']},method=dense,"
+                                             f"attn_implementation={name}", "x")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"attn_implementation={name!r}" in proc.stderr and "sdpa" in proc.stderr
+    assert "Loading weights" not in proc.stderr  # refused before from_pretrained
+
+
+def test_benchmark_dense_attn_names_a_kernel_that_is_not_installed():
+    import transformers.utils as tu
+
+    from lm_eval_streaming.benchmark.args import check_dense_attn
+    from lm_eval_streaming.options import StreamingArgError
+
+    if tu.is_flash_attn_2_available():
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(StreamingArgError, match="flash_attention_2.*not available here.*available: default"):
+        check_dense_attn("sdpa,flash_attention_2")
+
+
+# ------------------------------------------------------------------ 8. revision on a local directory
+@pytest.mark.slow
+def test_revision_on_a_local_directory_is_warned_and_left_out_of_the_identity(tiny_model_dirs, tmp_path):
+    from lm_eval_streaming.leaderboard.command import build
+
+    path = tiny_model_dirs["llama"]
+    _ok(lm_eval(tmp_path, "streaming_hf", f"pretrained={path},recent_size=8", "runs/a"))
+    warned = _ok(lm_eval(tmp_path, "streaming_hf", f"pretrained={path},recent_size=8,revision=v2", "runs/b"))
+    lines = [ln for ln in warned.stderr.splitlines() if "revision=v2 is ignored" in ln]
+    assert len(lines) == 1 and "local directory" in lines[0]
+    out = build([tmp_path / "runs"], tmp_path / "board")
+    assert len(out["runs"]) == 2 and len(out["rows"]) == 1  # the same files scored twice: one setting
