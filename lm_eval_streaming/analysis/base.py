@@ -73,6 +73,7 @@ class Criterion:
     outcome: str | None = None  # what the status means in words, e.g. "numerical problem not found"
     next_step: str | None = None  # what to run when it cannot be decided
     short: str | None = None  # the key numbers in a few words (verdict table, 原因分析)
+    see: str | None = None  # where the report shows the full evidence instead (a section heading)
 
     def brief(self, limit: int = 140) -> str:
         """The key numbers: ``short``, else the evidence cut at a word boundary."""

@@ -71,7 +71,7 @@ def wrap(text: str, indent: str = "") -> list[str]:
 
 
 def cell(text: str) -> str:
-    text = str(text).replace("|", "/").replace("\n", " ")
+    text = str(text).replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 20].rsplit(" ", 1)[0] + " … (details below)"
 
 
@@ -100,14 +100,17 @@ def _verdict_table(a: Analysis) -> list[str]:
 
 
 def _criteria_table(h) -> list[str]:
+    def numbers(c):
+        return c.evidence if len(c.evidence) <= MAX_CELL or not c.short else c.short
+
     out = table(("criterion", "key or side", "pass / fail / cannot decide", "numbers"),
-                [[c.name, "key" if c.key else "side", status_text(c), c.evidence] for c in h.criteria])
+                [[c.name, "key" if c.key else "side", status_text(c), numbers(c)] for c in h.criteria])
     long = [c for c in h.criteria if len(c.evidence) > MAX_CELL]
     nexts = [c for c in h.criteria if c.status == UNDECIDED and c.next_step]
     if long or nexts:
         out.append("")
     for c in long:
-        out += wrap(f"- {c.name}: {c.evidence}", "  ")
+        out += wrap(f"- {c.name}: " + (f"see '{c.see}'" if c.see else c.evidence), "  ")
     for c in nexts:
         out += wrap(f"- to decide '{c.name}': {c.next_step}", "  ")
     return out
