@@ -56,6 +56,9 @@ def _check_local_checkpoint(pretrained: str, tokenizer) -> None:
     benchmark and experiment run too; with tokenizer= given, the checkpoint needs no tokenizer files)."""
     if tokenizer is None or not os.path.isdir(os.path.expanduser(pretrained)):
         check_model_id(pretrained, arg="pretrained")  # a hub id passes; a missing path is refused
+    from lm_eval_streaming.core.loading import check_hub_access
+
+    check_hub_access(pretrained, arg="pretrained")  # an unreachable hub fails in seconds, not after a minute
 
 
 def _check_architecture(pretrained: str, policy, kwargs: dict) -> None:

@@ -183,8 +183,8 @@ def numerical(d: Data) -> Hypothesis:
     counts = {st: sum(j.status == st for j in judgements) for st in (BROKEN, CLEAN, UNMEASURED)}
     broken = [j for j in judgements if j.status == BROKEN]
     short = ((f"broken: {listing(broken, with_lengths=False)}; " if broken else "")
-             + f"{counts[BROKEN]} broken, {counts[CLEAN]} clean, {counts[UNMEASURED]} unmeasured of "
-             f"{len(judgements)} device/dtype/kernels"
+             + ", ".join(f"{n} {st}" for st, n in counts.items() if n)  # never "0 clean" where nothing was
+             + f" of {len(judgements)} device/dtype/kernels"
              + "".join(f"; {n.split(':')[0]}" for n in scope.split("; ") if n.startswith("not measured on")))
     h.criteria.append(Criterion("measured kernel error, causality probe and NaN/Inf of each dense kernel", status,
                                 evidence, key=True, outcome=outcome, short=short, see="Numerics per dense kernel",
