@@ -6,11 +6,12 @@ from result files without a report (``lm-eval-streaming plot RESULTS... --figure
 * ``ppl_vs_cache__<model>_<tokens>_<device>_<dtype>.png``: perplexity vs recent size per method, each dense
   kernel as a horizontal line;
 * ``nll_vs_position__<model>_<tokens>_<device>_<dtype>.png``: NLL by token position (``nll_curve``) per row at
-  the longest length, with a vertical line at the trained context;
+  the longest length, raw (faint) and smoothed, with the critical point (analysis.critical);
 * ``kernel_error_vs_position__<model>_<device>.png``: mean |ΔNLL| of each dense kernel against the float32
   reference by position (rows that measured the kernel error).
 
-Figures are drawn on :class:`matplotlib.figure.Figure` with an Agg canvas, so
+Every figure: the x-axis spans the data, the trained context is drawn only where the data reaches within 1.5x
+of it, and each method has one colour in every figure (METHOD_COLORS). Figures are drawn on :class:`matplotlib.figure.Figure` with an Agg canvas, so
 they never touch pyplot's global state or the user's backend.
 """
 
@@ -213,7 +214,8 @@ def ppl_vs_cache(runs: list[Run], outdir: Path) -> list[Path]:
 
 def nll_vs_position(runs: list[Run], outdir: Path, tol: float = TOLERANCE) -> list[Path]:
     """NLL by position (``nll_curve``) per row at the longest length of each model/device/dtype, from the runs of
-    one way of building samples (the one with the most rows there), so every line shows the same tokens."""
+    one way of building samples (the one with the most samples there, then the most rows), so every line shows the
+    same tokens; the run's critical point as a vertical line."""
     paths = []
     curved = [r for r in runs if any(row.nll_curve for row in r.rows)]
     for (model, device, dtype), rs in _by(curved, "model_id", "device", "dtype").items():
@@ -223,7 +225,9 @@ def nll_vs_position(runs: list[Run], outdir: Path, tol: float = TOLERANCE) -> li
         for r in rs:
             if r.max_tokens == longest:
                 by_spec[r.sample_spec or ""].append(r)
-        chosen = max(by_spec.values(), key=lambda group: sum(len(r.rows) for r in group))
+        # the layout with the most samples (its curves are the least noisy), then the most rows
+        chosen = max(by_spec.values(), key=lambda group: (max(r.num_samples for r in group),
+                                                          sum(len(r.rows) for r in group)))
         rows = {}  # the same setting in two runs of this length: drawn once
         for row in (row for r in chosen for row in r.rows if row.nll_curve):
             rows.setdefault(_label(row), row)
