@@ -146,3 +146,55 @@ def test_revision_on_a_local_directory_is_warned_and_left_out_of_the_identity(ti
     assert len(lines) == 1 and "local directory" in lines[0]
     out = build([tmp_path / "runs"], tmp_path / "board")
     assert len(out["runs"]) == 2 and len(out["rows"]) == 1  # the same files scored twice: one setting
+
+
+# ------------------------------------------------------------------ 7. the position the rotary embedding saw
+def bench_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lm_eval_streaming.cli", "benchmark", *map(str, args)], env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+def largest_distance(n_tokens: int, start: int, recent: int, shift: bool) -> int:
+    """Brute force from StreamingLLM's definition: the query at t sees sinks j < start (at distance
+    min(t, start + recent) - j with the shift, t - j without) and the keys t - recent .. t."""
+    best = 0
+    for t in range(n_tokens - 1):  # the last token is only a target
+        for j in range(t + 1):
+            if j < start:
+                best = max(best, (min(t, start + recent) if shift else t) - j)
+            elif j >= t - recent:
+                best = max(best, t - j)
+    return best
+
+
+@pytest.mark.slow
+def test_streaming_row_records_the_position_attention_saw_and_the_stream_length(tiny_model_dirs, tmp_path):
+    from lm_eval_streaming.records import load_runs
+
+    out = tmp_path / "run.json"  # the tiny models are trained (max_position_embeddings) to 256 positions
+    proc = bench_cli("--model_id", tiny_model_dirs["llama"], "--max_tokens", 400, "--num_samples", 1,
+                     "--recent_sizes", 12, "--start_size", 4, "--num_warmup", 0, "--chunk_size", 64,
+                     "--dense_attn", "sdpa", "--position_shift", "true,false", "--no_kernel_error",
+                     "--no_causality_probe", "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = load_runs([out])
+    assert run.trained_context == 256
+    by_kind = {(r.method, r.position_shift): r for r in run.rows}
+    dense, shifted, true = by_kind[("dense", None)], by_kind[("streaming_llm", True)], by_kind[("streaming_llm", False)]
+    assert all(r.stream_length == 400 for r in run.rows)
+    assert (dense.max_position, dense.exceeded_trained_context) == (398, True)
+    assert shifted.max_position == largest_distance(400, 4, 12, shift=True) == 16
+    assert shifted.exceeded_trained_context is False
+    assert true.max_position == largest_distance(400, 4, 12, shift=False) == 398 and true.exceeded_trained_context
+
+
+def test_old_records_of_cache_methods_load_with_the_position_unknown():
+    from lm_eval_streaming.records import Run
+
+    row = {"method": "streaming_llm", "start_size": 4, "recent_size": 252, "attn_implementation": "lm_eval_streaming",
+           "ppl": 10.0, "nll_mean": 2.3, "max_position": 24998, "exceeded_trained_context": True}
+    dense = {**row, "method": "dense", "recent_size": None}
+    run = Run.from_dict({"schema": "lm_eval_streaming.run/2", "model_id": "m", "max_tokens": 25000, "num_samples": 1,
+                         "dtype": "float32", "device": "cpu", "chunk_size": 512, "rows": [row, dense]})
+    assert (run.rows[0].max_position, run.rows[0].exceeded_trained_context, run.rows[0].stream_length) == (None,) * 3
+    assert (run.rows[1].max_position, run.rows[1].exceeded_trained_context) == (24998, True)

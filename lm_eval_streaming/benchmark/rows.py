@@ -100,6 +100,7 @@ def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warm
         cuda_max_allocated_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         max_position=diagnostics["max_position"],
         exceeded_trained_context=exceeds_trained_context(diagnostics["max_position"], trained_context),
+        stream_length=max(len(s) for s in samples),
         nll_by_position=by_pos, nll_by_relative_position=by_rel, nll_curve=curve,
         nll_curve_per_sample=per_sample_curve, nonfinite_tokens=int((~finite).sum()), nan_logits=diagnostics["nan_logits"],
         inf_logits=diagnostics["inf_logits"], max_abs_logit=diagnostics["max_abs_logit"],

@@ -35,7 +35,10 @@ class Diagnostics:
     nan_logits: int = 0
     inf_logits: int = 0
     max_abs_logit: float = 0.0
+    # largest query-key position difference attention scored: the position the rotary embedding encodes
+    # (StreamingLLM's shift keeps it at most start_size + recent_size however long the stream)
     max_position: int = -1
+    max_stream_position: int = -1  # largest true position in the stream (the stream length - 1)
     peak_kv_bytes: int = 0
     scores: ScoreStats = field(default_factory=ScoreStats)
     scores_measured: bool = False
@@ -54,6 +57,7 @@ class Diagnostics:
             "max_abs_attn_score": self.scores.max_abs_score if self.scores_measured else None,
             "nonfinite_attn_scores": self.scores.nonfinite_scores if self.scores_measured else None,
             "max_position": self.max_position,
+            "max_stream_position": self.max_stream_position,
             "peak_kv_bytes": self.peak_kv_bytes,
         }
 
@@ -112,12 +116,22 @@ class CachedSession:
         sinks, recent = self.policy.retained(self.pos)
         k_pos = torch.cat([torch.arange(sinks), torch.arange(self.pos - recent, self.pos), q_pos])
         stats = self.diag.scores if self.diag is not None else None
-        ctx = ChunkContext.build(self.policy, q_pos, k_pos, self.inv_freq, stats).to(self.device)
+        ctx = ChunkContext.build(self.policy, q_pos, k_pos, self.inv_freq, stats)
+        distance = _largest_distance(ctx, self.policy, q_pos, k_pos) if self.diag is not None else None
         positions = q_pos.to(self.device)[None].expand(batch, -1)
-        logits = _forward(self.model, ids.to(self.device), positions, ctx, cache=self.cache)
+        logits = _forward(self.model, ids.to(self.device), positions, ctx.to(self.device), cache=self.cache)
         self.pos += n
-        _observe_cache(self.diag, self.pos, self.cache.nbytes())
+        _observe_cache(self.diag, self.pos, self.cache.nbytes(), distance)
         return logits
+
+
+def _largest_distance(ctx: ChunkContext, policy: CachePolicy, q_pos: torch.Tensor, k_pos: torch.Tensor) -> int:
+    """Largest query-key position difference the chunk's attention scores (``ctx.blocked`` still on the CPU):
+    a key's true distance; a sink's from the query's shifted position when the policy shifts it."""
+    dist = q_pos[:, None] - k_pos[None, :]
+    if ctx.n_sink_keys:
+        dist[:, :ctx.n_sink_keys] = policy.sink_query_position(q_pos)[:, None] - k_pos[None, :ctx.n_sink_keys]
+    return int(dist.masked_fill(ctx.blocked, -1).max())
 
 
 class ModelKernelSession:
@@ -168,9 +182,12 @@ class OneCallSession:
         return logits
 
 
-def _observe_cache(diag: Diagnostics | None, pos: int, kv_bytes: int) -> None:
+def _observe_cache(diag: Diagnostics | None, pos: int, kv_bytes: int, distance: int | None = None) -> None:
+    """After ``pos`` tokens of the stream; ``distance``: the largest query-key distance scored (None: the
+    keys sit at their true positions and the first is kept, so it is ``pos - 1``)."""
     if diag is not None:
-        diag.max_position = max(diag.max_position, pos - 1)
+        diag.max_stream_position = max(diag.max_stream_position, pos - 1)
+        diag.max_position = max(diag.max_position, pos - 1 if distance is None else distance)
         diag.peak_kv_bytes = max(diag.peak_kv_bytes, kv_bytes)
 
 
@@ -219,6 +236,7 @@ class RecomputeSession:
         self.history = hist[:, -(self.window - 1):] if self.window > 1 else hist[:, :0]
         if self.diag is not None:
             self.diag.max_position = max(self.diag.max_position, min(self.pos, self.window) - 1)
+            self.diag.max_stream_position = max(self.diag.max_stream_position, self.pos - 1)
         return torch.cat(out, dim=1)
 
     def _dense_ctx(self, pos):
@@ -240,12 +258,16 @@ class EvictingSession(CachedSession):
         observe = self.cache.observe if self.policy.observes else None
         out = []
         for a, b in pieces(self.policy, self.pos, n):
-            ctx = ChunkContext(blocked=chunk_mask(self.cache.n_kept, b - a), stats=stats, observe=observe)
+            kept = self.cache.n_kept
+            ctx = ChunkContext(blocked=chunk_mask(kept, b - a), stats=stats, observe=observe)
             positions = torch.arange(self.pos, self.pos + b - a, device=self.device)[None].expand(batch, -1)
             out.append(_forward(self.model, ids[:, a:b].to(self.device), positions, ctx.to(self.device),
                                 cache=self.cache))
             self.pos += b - a
-            _observe_cache(self.diag, self.pos, self.cache.nbytes())  # before pruning: the peak
+            # with the shift the kept keys sit at slots 0..kept-1 before the piece; without it at their true
+            # positions (pos - 1 bounds the distance: exact when the first token is kept)
+            distance = kept + b - a - 1 if self.policy.position_shift else None
+            _observe_cache(self.diag, self.pos, self.cache.nbytes(), distance)  # before pruning: the peak
             if self.pos % self.policy.evict_every == 0:
                 self.cache.prune()
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from lm_eval_streaming.options import REFERENCE_KERNEL
-from lm_eval_streaming.records.run import _NESTED, Buckets, Interval, RecordError, Row, Run, _build
+from lm_eval_streaming.records.run import (_NESTED, Buckets, Interval, RecordError, Row, Run, _build,
+                                          forget_stream_positions)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,9 @@ def row_from_legacy(d: dict) -> Row:
     if "attn_implementation" not in kwargs:
         measured = _finite_or_none(d.get("max_abs_attn_score")) is not None
         kwargs["attn_implementation"] = REFERENCE_KERNEL if measured else None
-    return Row(**kwargs)
+    row = Row(**kwargs)
+    forget_stream_positions(row, d)
+    return row
 
 
 def run_from_legacy_rows(rows: list[dict], **extra) -> Run:

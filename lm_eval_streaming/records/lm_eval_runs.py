@@ -132,10 +132,13 @@ class _Setting:
             method=ident["method"], start_size=ident["start_size"], recent_size=ident["recent_size"],
             attn_implementation=ident["attn_implementation"],
             one_call=False if ident["recent_size"] is None else None,  # the adapter's dense is chunked, cached
-            max_position=diag.get("max_position"), nan_logits=diag.get("nan_logits"),
+            # older results recorded the stream's true position as max_position for every method
+            max_position=diag.get("max_position") if "max_stream_position" in diag or ident["recent_size"] is None
+            else None, stream_length=None if diag.get("max_stream_position") is None
+            else diag["max_stream_position"] + 1, nan_logits=diag.get("nan_logits"),
             inf_logits=diag.get("inf_logits"), max_abs_logit=diag.get("max_abs_logit"),
             max_abs_attn_score=diag.get("max_abs_attn_score"), nonfinite_attn_scores=diag.get("nonfinite_attn_scores"))
-        mp, tc = diag.get("max_position"), self.trained_context
+        mp, tc = self.base["max_position"], self.trained_context
         self.base["exceeded_trained_context"] = None if mp is None or not tc else mp >= tc
 
     def docs(self) -> dict | None:
