@@ -106,8 +106,11 @@ class Row:
     peak_kv_bytes: int | None = None
     peak_rss_bytes: int | None = None
     cuda_max_allocated_bytes: int | None = None
+    # the largest position the model's rotary embedding saw (largest query-key distance scored: at most
+    # start_size + recent_size for streaming_llm with the shift), and whether it reached the trained context
     max_position: int | None = None
     exceeded_trained_context: bool | None = None
+    stream_length: int | None = None  # tokens in the longest sample (None: old files)
     nll_by_position: Buckets | None = None
     nll_by_relative_position: Buckets | None = None
     nll_curve: Buckets | None = None
@@ -126,11 +129,8 @@ class Row:
     def is_dense(self) -> bool:
         return self.recent_size is None
 
-    # the largest position the model's rotary embedding saw (largest query-key distance scored: at most
-    # start_size + recent_size for streaming_llm with the shift), and whether it reached the trained context
     def label(self) -> str:
         if self.is_dense:
-    stream_length: int | None = None  # tokens in the longest sample (None: old files)
             return f"dense[{self.attn_implementation or '?'}{'@full' if self.one_call else ''}]"
         return f"{self.method_label()} {self.start_size}+{self.recent_size}"
 
@@ -179,10 +179,19 @@ class Run:
             raise RecordError(f"schema {schema!r} is not {SCHEMA!r}")
         run = _build(cls, data, "run")
         run.source = source
+        for row, raw in zip(run.rows, data.get("rows") or []):
+            forget_stream_positions(row, raw)
         return run
 
     def dense_rows(self) -> list[Row]:
         return [r for r in self.rows if r.is_dense]
+
+
+def forget_stream_positions(row: Row, raw: dict) -> None:
+    """Files without ``stream_length`` recorded the stream's true position as ``max_position`` for every
+    method; for a cache method that is not the position attention saw, so it is unknown (None)."""
+    if "stream_length" not in raw and not row.is_dense:
+        row.max_position = row.exceeded_trained_context = None
 
 
 # ------------------------------------------------------------------ dict -> dataclass (strict)
@@ -199,19 +208,10 @@ def _build(cls, data: dict, where: str):
         raise RecordError(f"{where}: expected a mapping, got {type(data).__name__}")
     names = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(names))
-        for row, raw in zip(run.rows, data.get("rows") or []):
-            forget_stream_positions(row, raw)
     if unknown:
         raise RecordError(f"{where}: unknown keys {', '.join(unknown)}")
     missing = [n for n, f in names.items() if n not in data and f.default is MISSING
                and f.default_factory is MISSING]
-
-
-def forget_stream_positions(row: Row, raw: dict) -> None:
-    """Files without ``stream_length`` recorded the stream's true position as ``max_position`` for every
-    method; for a cache method that is not the position attention saw, so it is unknown (None)."""
-    if "stream_length" not in raw and not row.is_dense:
-        row.max_position = row.exceeded_trained_context = None
     if missing:
         raise RecordError(f"{where}: missing keys {', '.join(missing)}")
     kwargs = {}
