@@ -72,6 +72,51 @@ def check_model_id(model_id, arg: str = "model_id") -> str:
     return model_id
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _is_hub_id(model_id) -> bool:
+    from lm_eval_streaming import default_model
+
+    return (isinstance(model_id, str) and not default_model.is_default(model_id)
+            and not os.path.isdir(os.path.expanduser(model_id)) and bool(_HUB_ID.match(model_id)))
+
+
+def check_hub_access(model_id, arg: str = "model_id", revision: str | None = None) -> None:
+    """Before a hub id is loaded: when the hub cannot be reached, fail in seconds (huggingface_hub retries for
+    about a minute) unless the model is in the local cache, which is then used offline (HF_HUB_OFFLINE=1 for this
+    process, one line on stderr). Nothing to do for a local path, the embedded model, or HF_HUB_OFFLINE set."""
+    if not _is_hub_id(model_id):
+        return
+    import socket
+    import sys
+    from urllib.parse import urlsplit
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # transformers reads the local cache only and says so itself
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_PROBE_TIMEOUT_S).close()
+        return
+    except OSError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    cached = huggingface_hub.try_to_load_from_cache(model_id, "config.json", revision=revision)
+    if isinstance(cached, str):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.HF_HUB_OFFLINE = True
+        print(f"lm_eval_streaming: {constants.ENDPOINT} cannot be reached ({reason}); {model_id} is loaded from the "
+              f"local cache (HF_HUB_OFFLINE=1)", file=sys.stderr)
+        return
+    raise StreamingArgError(
+        f"{arg}={model_id!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached ({reason}) and the model "
+        f"is not in the local cache. Offline, set HF_HUB_OFFLINE=1 and name a local checkpoint directory, or use "
+        f"the embedded default model smollm2-135m (what runs when no model is named)")
+
+
 def model_family(model_id: str) -> str:
     """The name without org and size: ``EleutherAI/pythia-6.9b-deduped`` -> ``pythia``,
     ``smollm2-135m`` -> ``smollm2``. Sizes are compared only within one family (and one trained context)."""
@@ -96,6 +141,7 @@ def load_tokenizer(model_id: str | None):
     from transformers import AutoTokenizer
 
     model_id = check_model_id(model_id)
+    check_hub_access(model_id)
     try:
         return AutoTokenizer.from_pretrained(model_path(model_id))
     except OSError as e:
@@ -115,6 +161,7 @@ def load_model(model_id: str | None, dtype: str = "float32", device: str | None 
 
     check_dtype(dtype)
     model_id = check_model_id(model_id)
+    check_hub_access(model_id)
     device = resolve_device(device)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_id)
     try:
