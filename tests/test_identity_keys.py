@@ -198,3 +198,83 @@ def test_old_records_of_cache_methods_load_with_the_position_unknown():
                          "dtype": "float32", "device": "cpu", "chunk_size": 512, "rows": [row, dense]})
     assert (run.rows[0].max_position, run.rows[0].exceeded_trained_context, run.rows[0].stream_length) == (None,) * 3
     assert (run.rows[1].max_position, run.rows[1].exceeded_trained_context) == (24998, True)
+
+
+# ------------------------------------------------------------------ 4. leaderboard settings
+def _results(model_args: str, acc: float, task: str = "tiny_mc", shots: int = 0, gen_kwargs=None, seed: int = 1234,
+             version: float = 1.0, config_extra=None, multiturn=None, date: float = 1.0e9) -> dict:
+    """A results file as lm-eval 0.4.13 writes it (the fields the leaderboard reads, and typical others)."""
+    return {"results": {task: {"alias": task, "acc,none": acc, "acc_stderr,none": 0.01}},
+            "configs": {task: {"task": task, "output_type": "multiple_choice", "num_fewshot": shots,
+                               "metadata": {"version": version, "pretrained": model_args}, **(config_extra or {})}},
+            "versions": {task: version}, "n-shot": {task: shots},
+            "config": {"model": "streaming_hf", "model_args": model_args, "model_dtype": "torch.float32",
+                       "model_revision": "main", "model_sha": "", "device": "cpu", "limit": None,
+                       "gen_kwargs": gen_kwargs or {}, "random_seed": 0, "numpy_seed": seed, "torch_seed": seed,
+                       "fewshot_seed": seed},
+            "fewshot_as_multiturn": multiturn, "date": date}
+
+
+def _board(tmp_path, runs: list[dict], *dirs) -> subprocess.CompletedProcess:
+    root = tmp_path / "out"
+    for i, data in enumerate(runs):
+        folder = root / f"m{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"results_2025-01-01T10-00-0{i}.json").write_text(json.dumps(data))
+    return _cli("leaderboard", *(dirs or [root]), "--output", tmp_path / "board")
+
+
+def _cli(*argv) -> subprocess.CompletedProcess:
+    """``lm-eval-streaming ARGV`` in this process (the console script's main): exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    from lm_eval_streaming.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.parametrize("change", [
+    {"shots": 2}, {"gen_kwargs": {"temperature": 0.7, "do_sample": True}}, {"seed": 7}, {"version": 2.0},
+    {"config_extra": {"doc_to_text": "Q: {{ctx}}"}}, {"multiturn": True}])
+def test_leaderboard_keeps_runs_that_differ_in_a_setting_apart(tmp_path, change):
+    margs = "pretrained=smollm2-135m,method=dense"
+    proc = _board(tmp_path, [_results(margs, 0.25), _results(margs, 0.5, date=1.1e9, **change)])
+    assert proc.returncode == 0, proc.stderr
+    assert "2 runs, 2 rows" in proc.stdout
+    table = (tmp_path / "board" / "comparison.md").read_text()
+    assert "0.2500" in table and "0.5000" in table  # neither number lost
+    column = {"shots": "num_fewshot", "gen_kwargs": "gen_kwargs", "seed": "seeds", "version": "task_config",
+              "config_extra": "task_config", "multiturn": "prompt"}[next(iter(change))]
+    assert column in table.splitlines()[0]  # shown where rows differ
+
+
+def test_leaderboard_merges_runs_of_one_setting_on_other_tasks_and_dedupes_a_copy(tmp_path):
+    margs = "pretrained=smollm2-135m,method=dense"
+    runs = [_results(margs, 0.25, shots=2), _results(margs, 0.5, task="tiny_mc2", shots=2, date=1.1e9)]
+    proc = _board(tmp_path, runs + [runs[0]])  # the third file is a copy of the first
+    assert proc.returncode == 0, proc.stderr
+    assert "2 runs, 1 rows" in proc.stdout
+    again = _board(tmp_path, runs, tmp_path / "out", tmp_path / "out")  # one folder given twice
+    assert "2 runs, 1 rows" in again.stdout
+
+
+def test_leaderboard_one_checkpoint_under_two_spellings_is_one_row(tiny_model_dirs, tmp_path):
+    real = Path(tiny_model_dirs["llama"])
+    link = tmp_path / "link-to-model"
+    link.symlink_to(real)
+    spellings = [str(real), str(real) + "/", f"{real.parent}/../{real.parent.name}/{real.name}", str(link)]
+    runs = [{**_results(f"pretrained={s},method=dense", 0.25, date=1e9 + i),
+             "config": {**_results("", 0)["config"], "model": "hf", "model_args": f"pretrained={s}"}}
+            for i, s in enumerate(spellings)]
+    for i, r in enumerate(runs):
+        r["results"]["tiny_mc"]["acc,none"] = 0.25 + i / 1000  # distinct files
+    proc = _board(tmp_path, runs)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 runs, 1 rows" in proc.stdout

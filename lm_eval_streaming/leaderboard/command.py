@@ -8,11 +8,13 @@ and writes into OUTDIR (default ``leaderboard``):
   Leaderboard-style file per run, ``{"config": {"model_name", "model_dtype",
   "model_sha", ...}, "results": {task: {metric: value}}}``.
 
-A setting is everything that can change a number (:mod:`lm_eval_streaming.records.identity`): the model's full
-path or hub id, revision and sha, the method and cache sizes, chunk size, attention kernel,
-dtype, device, ``--limit``, prompt and other model args. Runs of one setting are merged into
-one row (a later run of a task replaces the earlier one); runs of different settings never
-are. ``model_name`` is a display name (``smollm2-135m__streaming_llm-s4-r252``,
+A setting is everything that can change a number (:mod:`lm_eval_streaming.records.identity`): the model's
+resolved path or hub id, revision and sha, the method and cache sizes, chunk size, attention kernel,
+dtype, device, ``--limit``, prompt, ``--gen_kwargs``, seeds and other model args, and per task its
+few-shot count, version and config. Runs of one setting are merged into one row (a later run of a
+task replaces the earlier one); runs of different settings never are: a run whose task was scored
+with another few-shot count or task config than the row's starts another row. A results file read
+twice (the same folder given twice, or a copy) counts once. ``model_name`` is a display name (``smollm2-135m__streaming_llm-s4-r252``,
 ``...__dense``, ``...__hf-windowed`` for lm-eval's own ``hf`` model, which scores long
 documents in windows of the trained context), lengthened only where two settings would
 otherwise share it (``a/tiny-neox__dense`` and ``b/tiny-neox__dense``, ``...-float16``).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -30,17 +33,20 @@ import sys
 from pathlib import Path
 
 from lm_eval_streaming.errors import UserError
-from lm_eval_streaming.records.identity import display_names, parse_model_args, run_identity  # noqa: F401  (parse_model_args: API)
+from lm_eval_streaming.records.identity import (KEY_FIELDS, display_names, parse_model_args,  # noqa: F401  (API)
+                                                run_identity, task_setting)
 from lm_eval_streaming.records.lm_eval_results import _timestamp, find_result_files, run_metrics
 
 logger = logging.getLogger(__name__)
 
 # Identity columns of a row, then the metric columns.
 ID_COLUMNS = ("model", "method", "start_size", "recent_size", "dtype", "model_name", "model_id", "revision",
-              "model_sha", "attn_implementation", "chunk_size", "device", "limit", "prompt", "extra_args")
+              "model_sha", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs", "seeds",
+              "num_fewshot", "task_config", "extra_args")
 # Shown in comparison.md only when they differ between rows.
 VARYING_COLUMNS = ("model_id", "revision", "model_sha", "attn_implementation", "chunk_size", "device", "limit",
-                   "prompt", "extra_args")
+                   "prompt", "gen_kwargs", "seeds", "num_fewshot", "task_config", "extra_args")
+TASK_FIELDS = ("num_fewshot", "task_config")  # per task (task_setting), summed up per row
 
 
 def load_runs(roots, exclude=None) -> list[dict]:
@@ -48,14 +54,21 @@ def load_runs(roots, exclude=None) -> list[dict]:
     ``model`` / ``model_name`` are display names, unique per identity among these runs."""
     if isinstance(roots, (str, Path)):
         roots = [roots]
-    runs = []
+    runs, seen = [], {}
     for root in roots:
         for path in find_result_files(root, exclude):
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                text = path.read_text(encoding="utf-8")
+                data = json.loads(text)
             except (OSError, json.JSONDecodeError) as e:
                 logger.warning("skipping %s: %s", path, e)
                 continue
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            if digest in seen:  # the same results read twice (a folder given twice, a copy): counted once
+                if seen[digest] != str(path.resolve()):
+                    logger.warning("%s: the same results as %s, counted once", path, seen[digest])
+                continue
+            seen[digest] = str(path.resolve())
             if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
                 continue
             config = data.get("config") or {}
@@ -68,13 +81,39 @@ def load_runs(roots, exclude=None) -> list[dict]:
                 ident = run_identity(data)
             except ValueError as e:
                 raise UserError(f"{path}: {e}") from None
-            runs.append({**ident, "metrics": metrics, "source": str(path),
-                         "timestamp": _timestamp(path), "date": data.get("date")})
-    names = display_names(runs)
+            runs.append({**ident, "metrics": metrics, "source": str(path), "timestamp": _timestamp(path),
+                         "date": data.get("date"), "tasks": {t: task_setting(data, t) for t in metrics}})
+    runs.sort(key=lambda r: (_num(r.get("date")), r["timestamp"], r["source"]))
+    _split_task_settings(runs)
+    names = display_names(runs, KEY_FIELDS + TASK_FIELDS)
     for run in runs:
         run["model"], run["model_name"] = names[run["key"]]
-    runs.sort(key=lambda r: (_num(r.get("date")), r["timestamp"], r["source"]))
     return runs
+
+
+def _split_task_settings(runs: list[dict]) -> None:
+    """Runs of one setting share a row unless a task they both scored differs in few-shot count, version or
+    config: then the later run starts (or joins) another row. Each run's key gains its row's task settings,
+    and ``num_fewshot`` / ``task_config`` say them (one value when all tasks of the row agree)."""
+    rows: dict[tuple, list[dict]] = {}
+    member = []
+    for run in runs:  # oldest first
+        variants = rows.setdefault(run["key"], [])
+        row = next((v for v in variants if all(v.get(t, s) == s for t, s in run["tasks"].items())), None)
+        if row is None:
+            row = {}
+            variants.append(row)
+        row.update(run["tasks"])
+        member.append(row)
+    for run, row in zip(runs, member):
+        settings = sorted(row.items())
+        shots = {s.split(" ")[0] for _, s in settings}
+        configs = {" ".join(s.split(" ")[1:]) for _, s in settings}
+        run["num_fewshot"] = (next(iter(shots)).replace("-shot", "") if len(shots) == 1
+                              else ",".join(f"{t}={s.split(' ')[0].replace('-shot', '')}" for t, s in settings))
+        run["task_config"] = (next(iter(configs)) if len(configs) == 1
+                              else ",".join(f"{t}={' '.join(s.split(' ')[1:])}" for t, s in settings))
+        run["key"] = run["key"] + (tuple(settings),) if len(rows[run["key"]]) > 1 else run["key"]
 
 
 def _num(x) -> float:
@@ -192,6 +231,11 @@ def write_leaderboard_files(outdir: Path, runs: list[dict]) -> list[Path]:
                 "attn_implementation": run["attn_implementation"],
                 "device": run["device"],
                 "limit": run["limit"],
+                "prompt": run["prompt"],
+                "gen_kwargs": run["gen_kwargs"],
+                "seeds": run["seeds"],
+                "num_fewshot": run["num_fewshot"],
+                "task_config": run["task_config"],
                 "lm_eval_model": run["lm_eval_model"],
                 "lm_eval_model_args": run["model_args"],
                 "source": run["source"],

@@ -1,9 +1,11 @@
 """What identifies the setting of an lm-eval run (a ``results_*.json``), and its display name.
 
 Two runs are merged into one leaderboard row only when everything that can change a number is
-equal: the model (its full path or hub id, revision and sha), the lm-eval model type, the method
-and cache sizes, the chunk size, the attention kernel, the dtype, the device, ``--limit``, the
-prompt (chat template, system instruction) and any other model argument. Names are shortened
+equal: the model (its resolved path or hub id, revision and sha; a local directory has no revision),
+the lm-eval model type, the method and cache sizes, the chunk size, the attention kernel, the dtype,
+the device, ``--limit``, the prompt (chat template, system instruction, few-shot as multi-turn),
+``--gen_kwargs``, the seeds and any other model argument; per task, the number of few-shot examples,
+the task version and its config (:func:`task_setting`). Names are shortened
 only for display (``tiny-neox__dense``); when two different settings would get the same name,
 the name grows by what tells them apart (``a/tiny-neox``, ``-float16``, ``@v2``, ...).
 """
@@ -11,6 +13,7 @@ the name grows by what tells them apart (``a/tiny-neox``, ``-float16``, ``@v2``,
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -28,7 +31,9 @@ OWN_ARGS = frozenset({"pretrained", "method", "start_size", "recent_size", "chun
                       "attn_implementation"})
 # Everything that identifies a setting, in the order its qualifiers are added to a display name.
 KEY_FIELDS = ("lm_eval_model", "model_id", "method", "start_size", "recent_size", "revision", "model_sha",
-              "dtype", "attn_implementation", "chunk_size", "device", "limit", "prompt", "extra_args")
+              "dtype", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs", "seeds",
+              "extra_args")
+SEEDS = ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")
 
 
 def parse_model_args(model_args) -> dict:
@@ -57,6 +62,8 @@ def model_id(pretrained) -> str:
     if not _looks_local(text):
         return text
     text = os.path.normpath(os.path.expanduser(text))
+    if os.path.isdir(text):  # one checkpoint under two spellings (a symlink, a relative path) is one model
+        text = os.path.realpath(text)
     # The official conversion of the default model (another GGUF's conversion is another model).
     return DEFAULT_MODEL_NAME if Path(text).name == checkpoint_name() else text
 
@@ -100,21 +107,42 @@ def _dtype(config: dict, args: dict) -> str:
     return raw[len("torch."):] if raw.startswith("torch.") else raw
 
 
+def _canonical_kwargs(value) -> str | None:
+    """``--gen_kwargs`` as recorded (a dict, or the CLI string): sorted ``k=v``; None when empty."""
+    items = parse_model_args(value) if isinstance(value, str) else dict(value or {})
+    return ",".join(f"{k}={items[k]}" for k in sorted(items)) or None
+
+
+def task_setting(data: dict, task: str) -> str:
+    """What changes a task's numbers inside one run: its few-shot count, version and config (lm-eval's
+    recorded task config without ``metadata``, which repeats the model args), as ``2-shot v1.0 3f2a9c1e``."""
+    config = dict((data.get("configs") or {}).get(task) or {})
+    config.pop("metadata", None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    shots = (data.get("n-shot") or {}).get(task, config.get("num_fewshot"))
+    return f"{shots if shots is not None else '?'}-shot v{(data.get('versions') or {}).get(task, '?')} {digest}"
+
+
 def run_identity(data: dict) -> dict:
     """Identity fields (``KEY_FIELDS``), ``key`` (a tuple of them), ``model`` (short) and ``model_name``
     (the undisambiguated display name) of one lm-eval results JSON."""
     config = data.get("config") or {}
     args = parse_model_args(config.get("model_args"))
     lm_model = str(config.get("model") or "")
+    mid = model_id(config.get("streaming_pretrained") or args.get("pretrained"))
     ident = {"lm_eval_model": lm_model,
-             "model_id": model_id(config.get("streaming_pretrained") or args.get("pretrained")),
-             "revision": str(config.get("model_revision") or args.get("revision") or "main"),
+             "model_id": mid,
+             # transformers ignores a revision for a local directory
+             "revision": "main" if _looks_local(mid) else str(config.get("model_revision") or args.get("revision")
+                                                             or "main"),
              "model_sha": str(config.get("model_sha") or ""),
              "dtype": _dtype(config, args),
              "device": str(config.get("streaming_device") or config.get("device") or ""),
              "limit": _limit(config.get("limit")),
-             "prompt": "|".join(str(data.get(k) or "") for k in ("chat_template_sha", "system_instruction_sha",
-                                                                   "fewshot_as_multiturn")).strip("|") or None,
+             "prompt": "|".join([str(data.get("chat_template_sha") or ""), str(data.get("system_instruction_sha") or ""),
+                                 "multiturn" if data.get("fewshot_as_multiturn") is True else ""]).strip("|") or None,
+             "gen_kwargs": _canonical_kwargs(config.get("gen_kwargs")),
+             "seeds": "/".join(str(config.get(k)) for k in SEEDS) if any(k in config for k in SEEDS) else None,
              "extra_args": ",".join(f"{k}={v}" for k, v in sorted(args.items())
                                     if k not in NEUTRAL_ARGS | OWN_ARGS) or None}
     if lm_model in HF_MODELS:
@@ -149,6 +177,10 @@ QUALIFIERS = {
     "limit": lambda v: "-all" if v is None else f"-limit{v}",
     "prompt": lambda v: f"-prompt={str(v)[:8]}" if v else "-plain",
     "extra_args": lambda v: f"-{v}" if v else "-no-args",
+    "gen_kwargs": lambda v: f"-gen={v}" if v else "-gen=default",
+    "seeds": lambda v: f"-seeds={v}" if v else "-seeds?",
+    "num_fewshot": lambda v: f"-{v}shot",
+    "task_config": lambda v: f"-task={v}",
     "lm_eval_model": lambda v: f"-{v}",
 }
 
@@ -163,8 +195,9 @@ def _path_tails(ids: list[str]) -> dict[str, str]:
     return {i: i for i in ids}
 
 
-def display_names(identities: list[dict]) -> dict[tuple, tuple[str, str]]:
-    """{key: (model display name, model_name)}: unique per key, as short as the other settings allow."""
+def display_names(identities: list[dict], fields: tuple[str, ...] = KEY_FIELDS) -> dict[tuple, tuple[str, str]]:
+    """{key: (model display name, model_name)}: unique per key, as short as the other settings allow
+    (``fields``: the identity fields that can tell two keys apart)."""
     groups: dict[str, dict[tuple, dict]] = {}
     for ident in identities:
         groups.setdefault(ident["model_name"], {})[ident["key"]] = ident
@@ -175,7 +208,7 @@ def display_names(identities: list[dict]) -> dict[tuple, tuple[str, str]]:
             out[members[0]["key"]] = (members[0]["model"], members[0]["model_name"])
             continue
         tails = _path_tails(sorted({m["model_id"] for m in members}))
-        varying = [f for f in KEY_FIELDS if f not in ("model_id", "method", "start_size", "recent_size")
+        varying = [f for f in fields if f not in ("model_id", "method", "start_size", "recent_size")
                    and len({m[f] for m in members}) > 1]
         for m in members:
             model = tails[m["model_id"]]
