@@ -55,12 +55,13 @@ def as_int(name: str, value, minimum: int = 0, allow_none: bool = False) -> int 
 
 
 def int_list(name: str, text, minimum: int = 1) -> list[int]:
-    """``"124,252"`` or ``[124, 252]`` -> [124, 252], each checked by :func:`as_int`."""
+    """``"124,252"`` or ``[124, 252]`` -> [124, 252], each checked by :func:`as_int`; a value listed twice
+    counts once (``16,16`` -> [16]: one row per setting, never two identical rows)."""
     items = text.split(",") if isinstance(text, str) else list(text)
     values = [as_int(name, x, minimum) for x in items if not (isinstance(x, str) and not x.strip())]
     if not values:
         raise StreamingArgError(f"{name}={text!r} is empty: expected a comma list of integers >= {minimum}")
-    return values
+    return list(dict.fromkeys(values))
 
 
 def check_dtype(name) -> str:

@@ -279,7 +279,7 @@ def test_side_criteria_never_decide_a_200_token_benchmark_of_a_small_model():
     assert a.verdicts["extrapolation"] == "cannot decide"  # ... and decides nothing
     assert any("configs/offline_length_long.yaml" in s and "--device mps" in s for s in h.next_steps())
     report = render_report(a)
-    assert "ruled out" not in next(line for line in report.splitlines() if line.startswith("| position extrapolation"))
+    assert "ruled out" not in next(line for line in report.splitlines() if line.startswith("| 其他: 位置外推"))
     assert "□ 其他: 位置外推 (超出训练长度): 证据不足" in report
 
 
@@ -458,7 +458,7 @@ def test_report_reads_verdict_table_first_template_and_tables(real_runs):
     _lines_are_short(report)
     body = report.split("## Verdicts", 1)[1].lstrip().splitlines()
     assert body[0] == "| hypothesis | verdict | decided by (key criteria) | key numbers |"
-    assert "| position extrapolation (位置外推) | supported |" in report
+    assert "| 其他: 位置外推 position extrapolation | supported |" in report
     reasons = report.split("### 原因分析", 1)[1].split("###", 1)[0]
     assert reasons.count("☑") == 1 and reasons.count("□") == 2
     assert "- ☑ 其他: 位置外推 (超出训练长度): dense NLL jumps" in reasons
@@ -488,3 +488,12 @@ def test_accuracy_intervals_stay_within_0_and_1(real_runs):
     runs[0].rows[1].acc, runs[0].rows[1].acc_ci = 0.02, Interval(-0.03, 0.07)
     report = render_report(analyze(runs))
     assert "0.9700 [0.9000, 1.0000]" in report and "0.0200 [0.0000, 0.0700]" in report
+
+
+def test_model_size_line_in_the_template_form():
+    from test_analysis import numerics_runs
+
+    # pythia-70m shows no effect, pythia-6.9b does (numerics_runs' NLLs): the bound is the 6.9B model
+    a = analyze(numerics_runs())
+    assert a.scope["model size"].startswith(">= 6.9B 参数 (pythia (trained context 2048)")
+    assert "- 模型大小: >= 6.9B 参数" in render_report(a)

@@ -92,6 +92,7 @@ class Hypothesis:
     label: str
     criteria: list[Criterion] = field(default_factory=list)
     scope: str | None = None  # where the verdict holds, when it holds only for what was measured
+    where: str | None = None  # the same in a few words, for the verdict table ("on CPU; not measured on MPS, CUDA")
 
     @property
     def keys(self) -> list[Criterion]:

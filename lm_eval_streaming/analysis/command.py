@@ -85,7 +85,9 @@ def run(args) -> int:
     out.write_text(text, encoding="utf-8")
     print(f"report -> {out}" + (f" ({len(links)} figures in {args.figures})" if args.figures else ""))
     for h in a.hypotheses.values():
-        print(f"  {h.label}: {h.verdict}" + (f" ({h.scope})" if h.scope else ""))
+        print(f"  {h.label}: {h.verdict}" + (f" ({h.where or h.scope})" if h.scope else ""))
+    cp = a.critical_main
+    print("  critical point: " + (f"{cp.text()}; per sample: {cp.spread()}" if cp else "not reached"))
     return 0
 
 

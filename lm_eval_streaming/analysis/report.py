@@ -86,6 +86,10 @@ def status_text(c) -> str:
     return c.status + (f": {c.outcome}" if c.outcome and c.status != PASS else "")
 
 
+SHORT_NAMES = {"compression": "压缩提升预测能力 compression", "numerical": "数值稳定性问题 numerics",
+               "extrapolation": "其他: 位置外推 position extrapolation"}  # the template's three lines
+
+
 def _verdict_table(a: Analysis) -> list[str]:
     rows = []
     for h in a.hypotheses.values():
@@ -95,7 +99,7 @@ def _verdict_table(a: Analysis) -> list[str]:
         numbers = deciding[0].brief(110) if deciding else ""
         if h.verdict == OPEN and h.next_steps():
             numbers = f"next: {h.next_steps()[0].split('` (', 1)[0]}`"  # the command; the Mac recipe is below
-        rows.append([h.label.split(":")[0], h.verdict, by, numbers])
+        rows.append([SHORT_NAMES.get(h.name, h.label), h.verdict + (f" ({h.where})" if h.where else ""), by, numbers])
     return table(("hypothesis", "verdict", "decided by (key criteria)", "key numbers"), rows)
 
 

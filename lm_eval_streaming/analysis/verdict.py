@@ -10,7 +10,7 @@ from lm_eval_streaming.analysis.base import (OPEN, PASS, RULED_OUT, SUPPORTED, T
                                             signed)
 from lm_eval_streaming.analysis.hypotheses.compression import compression
 from lm_eval_streaming.analysis.critical import critical_points
-from lm_eval_streaming.analysis.data import Data, delta_class, effect, family_of, kernel_name, size_label
+from lm_eval_streaming.analysis.data import Data, params_of, delta_class, effect, family_of, kernel_name, size_label
 from lm_eval_streaming.analysis.hypotheses.extrapolation import extrapolation
 from lm_eval_streaming.analysis.hypotheses.numerics import (BROKEN, UNMEASURED, device_type, judge_kernels, listing,
                                                              numerical)
@@ -45,13 +45,14 @@ def phenomenon(d: Data) -> tuple[str, bool]:
 
 
 # ------------------------------------------------------------------ 适用范围
-def _size_scope(d: Data, points=()) -> str:
+def _size_scope(d: Data, points=(), bounds: list | None = None) -> str:
     """Model sizes with the effect (streaming significantly better, or a critical point reached), per family."""
     families = defaultdict(list)
     for m in d.models:
         families[family_of(d.model_run[m])].append(m)
     reached = {p.run.model_id for p in points if p.pooled is not None}
     parts = []
+    bounds = bounds if bounds is not None else []
     for (family, tc), models in families.items():
         tested = ", ".join(size_label(d.model_run[m]) for m in models)
         eff = [m for m in models
@@ -63,6 +64,7 @@ def _size_scope(d: Data, points=()) -> str:
             parts.append(f"{where}: only {tested} tested, the effect is seen there: the size range cannot be bounded")
         else:
             parts.append(f"{where}: >= {size_label(d.model_run[eff[0]])} (tested: {tested})")
+            bounds.append(params_of(d.model_run[eff[0]]))
     return "; ".join(parts) + ("; sizes compared only within a family" if len(families) > 1 else "") or "none"
 
 
@@ -126,11 +128,15 @@ def _size_line(d: Data, points: list) -> str:
     families = defaultdict(list)
     for m in d.models:
         families[family_of(d.model_run[m])].append(m)
-    bounded = [(f, ms) for f, ms in families.items() if len(ms) >= 2]
-    scope = _size_scope(d, points)
+    bounded, bounds = [(f, ms) for f, ms in families.items() if len(ms) >= 2], []
+    scope = _size_scope(d, points, bounds)
     if not bounded:
         return f"无法判定 cannot decide: {scope}; {run_next('size')}"
-    return scope
+    known = [b for b in bounds if b]
+    if not known:
+        return f"无法判定 cannot decide: {scope}"
+    low = min(known)
+    return f">= {low / 1e9:.3g}B 参数 ({scope})" if low >= 1e9 else f">= {low / 1e6:.3g}M 参数 ({scope})"
 
 
 def _meaning(d: Data, cause_key: str | None, hyps: dict) -> str:

@@ -219,16 +219,29 @@ def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike],
               warn: Callable[[str], None] | None = None) -> list[Run]:
     """Every run in the given files (experiment JSONL and benchmark --output JSON, old or new layout,
     mixed). A file that cannot be read (fully) gets one ``warn`` line naming it and why. An experiment
-    cell present twice (same experiment and cell key) counts once: the last one."""
+    cell present twice (same experiment and cell key) counts once: the last one. The same run read twice
+    (a file given twice, or a copy: equal content) counts once. A local model is named by its resolved
+    path (:func:`~lm_eval_streaming.records.identity.model_id`), so one checkpoint is one model."""
+    import hashlib
+
+    from lm_eval_streaming.records.identity import model_id
+
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     warn = warn or logger.warning
-    runs, seen = [], {}
+    runs, seen, contents = [], {}, {}
     for p in paths:
         found, problem = _read_file(Path(p))
         if problem:
             warn(f"{p}: {problem}")
         for run in found:
+            digest = hashlib.sha256(json.dumps(run.to_dict(), sort_keys=True).encode()).hexdigest()
+            if digest in contents:
+                if contents[digest] != str(Path(p).resolve()):
+                    warn(f"{p}: a run identical to one in {contents[digest]}: counted once")
+                continue
+            contents[digest] = str(Path(p).resolve())
+            run.model_id = model_id(run.model_id)
             if run.cell_key is not None:
                 key = (run.experiment, run.cell_key)
                 if key in seen:

@@ -173,6 +173,23 @@ def numerical_scope(judgements: list[KernelJudgement]) -> tuple[str, str, str]:
     return UNDECIDED, f"no dense kernel has a kernel error, a causality probe and NaN/Inf counts. {detail}", scope
 
 
+def _where(judgements: list[KernelJudgement]) -> str:
+    """``found on MPS (float16); not found on CPU; not measured on CUDA`` by device type."""
+    found = defaultdict(set)
+    for j in judgements:
+        found[j.status].add(j.device)
+    parts = []
+    for status, words in ((BROKEN, "found on"), (CLEAN, "not found on")):
+        devices = sorted(found[status] - (found[BROKEN] if status == CLEAN else set()))
+        if devices:
+            parts.append(f"{words} {', '.join(dev.upper() for dev in devices)}")
+    measured = found[BROKEN] | found[CLEAN]
+    missing = [dev.upper() for dev in DEVICE_TYPES if dev not in measured]
+    if missing:
+        parts.append(f"not measured on {', '.join(missing)}")
+    return "numerical problem " + "; ".join(parts)
+
+
 # ------------------------------------------------------------------ the hypothesis
 def numerical(d: Data) -> Hypothesis:
     h = Hypothesis("numerical", "数值稳定性 numerical stability of the dense baseline")
@@ -184,12 +201,12 @@ def numerical(d: Data) -> Hypothesis:
     broken = [j for j in judgements if j.status == BROKEN]
     short = ((f"broken: {listing(broken, with_lengths=False)}; " if broken else "")
              + ", ".join(f"{n} {st}" for st, n in counts.items() if n)  # never "0 clean" where nothing was
-             + f" of {len(judgements)} device/dtype/kernels"
-             + "".join(f"; {n.split(':')[0]}" for n in scope.split("; ") if n.startswith("not measured on")))
+             + f" of {len(judgements)} device/dtype/kernels measured here")
     h.criteria.append(Criterion("measured kernel error, causality probe and NaN/Inf of each dense kernel", status,
                                 evidence, key=True, outcome=outcome, short=short, see="Numerics per dense kernel",
                                 next_step=run_next("hardware") if status == UNDECIDED else None))
     h.scope = scope
+    h.where = _where(judgements)
     h.criteria.append(_magnitudes(d))
     indirect = (by_model_size(d, only_large=True), _grows_with_length(d), _bigger_cache_approaches(d),
                 _absent_on_cuda(d))
