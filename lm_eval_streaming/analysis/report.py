@@ -162,12 +162,11 @@ def _template(a: Analysis) -> list[str]:
 
 
 def _readable_summary(a: Analysis) -> list[str]:
-    verdicts = "; ".join(f"{h.label.split(' (')[0].split(':')[0]}: {h.verdict}" for h in a.hypotheses.values())
     ticked = next((label for t, label, _ in a.reasons if t), None)
     cp = a.critical_main
-    lines = [f"- Verdicts: {verdicts}.",
-             f"- Cause: {'☑ ' + ticked if ticked else '无法判定 cannot decide (no hypothesis supported by its key criteria)'}.",
-             "- Critical point: " + (f"dense degrades against streaming from {cp.text()} on ({cp.spread()})."
+    lines = [f"- Cause: {'☑ ' + ticked if ticked else '无法判定 cannot decide (no hypothesis supported by its key criteria)'}.",
+             "- Critical point: " + (f"dense's NLL stays more than {a.tolerance} nats above streaming's from {cp.text()} "
+                                     f"on, in {cp.run.max_tokens}-token samples; per sample: {cp.spread()}."
                                      if cp else "not reached in this data.")]
     abl = next((c for c in a.hypotheses["extrapolation"].criteria if c.name.startswith("same cache at true")), None)
     if abl is not None:
