@@ -1,64 +1,222 @@
-"""Generation with the streaming cache: chunked prefill, then one token per step.
+"""Generation with the streaming cache, batched, through transformers' own generation machinery.
 
-Memory stays constant as the text grows: the cache never holds more than
-``start_size + recent_size`` entries (except for ``dense``).
+Options: a ``GenerationConfig`` built as ``model.generate`` builds it (the model's ``generation_config``
+updated with the request's options, validated by transformers); the logits processors and warpers
+(repetition penalty, top-k/top-p/typical/min-p, min_new_tokens, bad words, ...) and the stopping
+criteria (max length, max time, EOS, ``stop_strings``) are the ones ``generate`` itself builds, from
+the same private builders it calls. Only the decoding loop is ours, because the cache is: ``generate``
+would run the model's own cache. What the loop cannot do (beam search, assisted decoding, several
+sequences per request, ...) is refused with one line naming the option.
+
+Batching is lockstep: row r's stream is its prompt, then its generated tokens, and at every forward
+each row feeds its own token at the same position. No padding ever enters a live row's cache, so every
+method (whatever its cache keeps) sees exactly the stream it sees alone: batch N = batch 1. Rows with a
+longer prompt keep prefilling, one token per forward, while shorter ones generate; sort requests by
+length (lm-eval's order) to keep that short. Rows with the same prompt length are in step with each
+other: transformers' processors and criteria, which take one prompt length, run on them together.
+Memory stays constant as the text grows: the cache never holds more than ``start_size + recent_size``
+entries (except for ``dense``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 
 import torch
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from lm_eval_streaming.core.attention import attention_kernel
-from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, as_int
 from lm_eval_streaming.core.policy import CachePolicy
-from lm_eval_streaming.core.scoring import Diagnostics, open_session, resolve_kernel
+from lm_eval_streaming.core.scoring import Diagnostics, input_device, open_session, resolve_kernel
+from lm_eval_streaming.errors import UserError
+from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, StreamingArgError, as_int
+
+# Options accepted with no effect on the text: our own cache and loop replace what they tune.
+NO_EFFECT = ("use_cache", "compile_config", "disable_compile", "prefill_chunk_size", "output_scores",
+             "output_logits", "output_attentions", "output_hidden_states", "low_memory", "length_penalty",
+             "early_stopping", "max_cache_len")
+# Options that select another decoding algorithm (transformers' generation modes other than greedy/sample).
+MODE_OPTIONS = ("num_beams", "num_beam_groups", "diversity_penalty", "constraints", "force_words_ids",
+                "penalty_alpha", "dola_layers", "prompt_lookup_num_tokens", "assistant_early_exit", "use_mtp",
+                "assistant_model")
+
+
+class GenerationOptionError(StreamingArgError):
+    """A generation option that transformers rejects or the streaming loop cannot honour."""
+
+
+def _refused(options: dict, config) -> str | None:
+    """Why the streaming loop cannot honour ``config`` (None: it can)."""
+    from transformers.generation.configuration_utils import GenerationMode
+
+    mode = config.get_generation_mode()
+    if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
+        named = [f"{k}={options[k]!r}" for k in MODE_OPTIONS if k in options] or ["the model's generation_config"]
+        return (f"{', '.join(named)} selects {mode.value}: streaming_hf decodes greedily or by sampling "
+                f"(do_sample), one sequence per request, through its own cache")
+    if (config.num_return_sequences or 1) > 1:
+        return (f"num_return_sequences={config.num_return_sequences}: one sequence per request (lm-eval's hf "
+                f"model cannot use more either)")
+    if config.guidance_scale not in (None, 1, 1.0):
+        return (f"guidance_scale={config.guidance_scale}: classifier-free guidance runs the model's own "
+                f"forward and cache beside the streaming one")
+    if config.return_dict_in_generate:
+        return "return_dict_in_generate=True: lm-eval reads generated ids, not a generate output object"
+    if config.token_healing:
+        return "token_healing=True: it rewrites the prompt tokens; the streaming cache takes them as they are"
+    for key in ("cache_implementation", "cache_config", "continuous_batching_config"):
+        if options.get(key) is not None:
+            return f"{key}={options[key]!r}: streaming_hf always runs its own cache (the method's)"
+    return None
+
+
+def generation_config(model, options: dict | None = None):
+    """The ``GenerationConfig`` that ``model.generate(**options)`` would run, validated by transformers,
+    or one line naming the option that transformers rejects or the streaming loop cannot honour."""
+    options = dict(options or {})
+    try:
+        config, unused = model._prepare_generation_config(None, **options)
+    except (ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GenerationOptionError(f"generation options {options}: {first}") from None
+    unused = {k: v for k, v in unused.items() if k not in NO_EFFECT}
+    if unused:
+        key = next(iter(unused))
+        raise GenerationOptionError(
+            f"generation option {key}={unused[key]!r} is not a transformers GenerationConfig field: expected "
+            f"options of transformers' GenerationConfig (e.g. do_sample, temperature, top_k, top_p, "
+            f"repetition_penalty, min_new_tokens)")
+    why = _refused(options, config)
+    if why:
+        raise GenerationOptionError(f"generation option refused: {why}")
+    return config
+
+
+class _Group:
+    """Rows with one prompt length: in step, so transformers' processors and criteria serve them together."""
+
+    def __init__(self, model, config, rows: list[int], prompts: torch.Tensor, device, max_gen_toks, has_default,
+                 tokenizer):
+        length = prompts.shape[1]
+        cfg = copy.deepcopy(config)
+        if max_gen_toks is not None and cfg.max_length is None:
+            cfg.max_length = length + max_gen_toks  # what lm-eval's hf passes (its prompt length at batch 1)
+        cfg = model._prepare_generated_length(cfg, has_default[0], has_default[1], "input_ids", length, prompts)
+        try:
+            model._validate_generated_length(cfg, length, has_default[0])
+        except ValueError as err:
+            raise UserError(f"generation: {err}") from None
+        self.rows = torch.tensor(rows, device=device)
+        self.length = length  # tokens known per row: prompt + generated
+        self.max_length = cfg.max_length
+        self.processors = model._get_logits_processor(generation_config=cfg, input_ids_seq_length=length,
+                                                      encoder_input_ids=prompts, device=device,
+                                                      logits_processor=LogitsProcessorList())
+        try:
+            self.criteria = model._get_stopping_criteria(generation_config=cfg, stopping_criteria=StoppingCriteriaList(),
+                                                         tokenizer=tokenizer)
+        except ValueError as err:
+            raise GenerationOptionError(f"generation option stop_strings: {err}") from None
+        self.unfinished = torch.ones(len(rows), dtype=torch.bool, device=device)
 
 
 @torch.no_grad()
+def generate_batch(model, contexts: Sequence[Sequence[int]], policy: CachePolicy, options: dict | None = None, *,
+                   max_gen_toks: int | None = None, decode: Callable[[list[int]], str] | None = None,
+                   stop: Sequence[str] = (), chunk_size: int = DEFAULT_CHUNK_SIZE,
+                   diagnostics: Diagnostics | None = None, attn_implementation: str | None = None, tokenizer=None,
+                   generator: torch.Generator | None = None,
+                   on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """Continue every context of the batch; returns each row's generated ids as ``generate`` leaves them
+    (an EOS that ended a row included).
+
+    ``options``: keyword options of ``model.generate`` (``do_sample``, ``top_k``, ``repetition_penalty``,
+    ``max_new_tokens``, ...). ``max_gen_toks``: lm-eval's budget; each row's ``max_length`` is then its
+    own prompt length + ``max_gen_toks`` (unless ``options`` set ``max_length``). ``stop``: strings that end
+    a row once ``decode`` of its generated ids contains one (lm-eval's ``until``; the caller cuts the text
+    there). Sampling draws from ``generator`` (default: torch's global generator, as ``generate`` does).
+    """
+    if not contexts or any(len(c) == 0 for c in contexts):
+        raise ValueError("generation needs non-empty contexts (at least a BOS/EOT token each)")
+    if stop and decode is None:
+        raise ValueError("stop strings need a decode function")
+    chunk_size = as_int("chunk_size", chunk_size, 1)
+    config = generation_config(model, options)
+    device = input_device(model)
+    model._prepare_special_tokens(config, False, device=device)
+    options = options or {}
+    has_default = (options.get("max_length") is None and max_gen_toks is None
+                   and model.generation_config.max_length is None,
+                   options.get("min_length") is None and model.generation_config.min_length is None)
+    if max_gen_toks is not None and options.get("max_length") is None:
+        config.max_length = None  # set per prompt length in _Group
+    pad = config._pad_token_tensor
+    pad = int(pad) if pad is not None else 0
+
+    by_length: dict[int, list[int]] = {}
+    for row, ctx in enumerate(contexts):
+        by_length.setdefault(len(ctx), []).append(row)
+    groups = [_Group(model, config, rows, torch.tensor([list(contexts[r]) for r in rows], device=device), device,
+                     max_gen_toks, has_default, tokenizer) for _, rows in sorted(by_length.items())]
+    ids = torch.full((len(contexts), max(g.max_length for g in groups) + 1), pad, dtype=torch.long, device=device)
+    for row, ctx in enumerate(contexts):
+        ids[row, :len(ctx)] = torch.as_tensor(list(ctx), dtype=torch.long)
+    out: list[list[int]] = [[] for _ in contexts]
+    live = list(groups)
+    kernel = resolve_kernel(model, policy, attn_implementation)
+    with attention_kernel(model, kernel):
+        session = open_session(model, policy, diagnostics, kernel)
+        pos = 0
+        while live:
+            # Feed every row up to the first position whose next token is not known yet.
+            end = min(min(g.length for g in live), pos + chunk_size)
+            logits = session.feed(ids[:, pos:end])[:, -1]
+            pos = end
+            for group in [g for g in live if g.length == end]:
+                _step(group, ids, logits, config.do_sample, pad, generator, out, decode, stop, on_token)
+                group.length += 1
+            live = [g for g in live if bool(g.unfinished.any())]
+    return out
+
+
+def _step(group: _Group, ids, logits, do_sample, pad, generator, out, decode, stop, on_token) -> None:
+    """One generation step of one group, as transformers' sampling loop takes it."""
+    end = group.length
+    scores = group.processors(ids[group.rows, :end], logits[group.rows].float())
+    if do_sample:
+        tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
+    else:
+        tokens = scores.argmax(dim=-1)
+    tokens = torch.where(group.unfinished, tokens, torch.full_like(tokens, pad))  # finished rows get padding
+    ids[group.rows, end] = tokens
+    done = group.criteria(ids[group.rows, :end + 1], scores)
+    for i, (row, token, alive) in enumerate(zip(group.rows.tolist(), tokens.tolist(), group.unfinished.tolist())):
+        if not alive:
+            continue
+        out[row].append(token)
+        if on_token is not None:
+            on_token(row, token)
+        if stop and not done[i]:
+            text = decode(out[row])
+            done[i] = any(s and s in text for s in stop)
+    group.unfinished &= ~done
+
+
 def generate(model, context: list[int], policy: CachePolicy, max_new_tokens: int,
              decode: Callable[[list[int]], str], stop: list[str] = (), eos_token_id: int | None = None,
              chunk_size: int = DEFAULT_CHUNK_SIZE, temperature: float = 0.0, top_p: float = 1.0,
              generator: torch.Generator | None = None, diagnostics: Diagnostics | None = None,
              on_token: Callable[[int], None] | None = None, attn_implementation: str | None = None) -> list[int]:
-    """Greedy (temperature 0) or sampled continuation of ``context``; stops at
-    ``max_new_tokens``, the EOS id, or when the decoded text contains a stop string."""
-    if not context:
-        raise ValueError("generation needs a non-empty context (at least a BOS/EOT token)")
-    chunk_size = as_int("chunk_size", chunk_size, 1)
-    kernel = resolve_kernel(model, policy, attn_implementation)
-    with attention_kernel(model, kernel):
-        return _generate(open_session(model, policy, diagnostics, kernel), context, max_new_tokens, decode, stop,
-                         eos_token_id, chunk_size, temperature, top_p, generator, on_token)
-
-
-def _generate(session, context, max_new_tokens, decode, stop, eos_token_id, chunk_size, temperature, top_p,
-              generator, on_token) -> list[int]:
-    ids = torch.as_tensor(context, dtype=torch.long)[None]
-    for start in range(0, ids.shape[1], chunk_size):
-        logits = session.feed(ids[:, start:start + chunk_size])
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        token = _pick(logits[0, -1].float(), temperature, top_p, generator)
-        if token == eos_token_id:
-            break
-        out.append(token)
-        if on_token is not None:
-            on_token(token)
-        if stop and any(s and s in decode(out) for s in stop):
-            break
-        logits = session.feed(torch.tensor([[token]]))
+    """One context, greedy (temperature 0) or sampled; stops at ``max_new_tokens``, the EOS id (not
+    returned), or when the decoded text contains a stop string."""
+    options = {"max_new_tokens": max_new_tokens, "eos_token_id": eos_token_id, "pad_token_id": 0,
+               "do_sample": temperature > 0}
+    if temperature > 0:
+        options.update(temperature=temperature, top_p=top_p, top_k=0)  # the whole (nucleus) distribution
+    out = generate_batch(model, [context], policy, options, decode=decode, stop=stop, chunk_size=chunk_size,
+                         diagnostics=diagnostics, attn_implementation=attn_implementation, generator=generator,
+                         on_token=None if on_token is None else (lambda _row, token: on_token(token)))[0]
+    if out and eos_token_id is not None and out[-1] == eos_token_id:
+        out.pop()
     return out
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        drop = sorted_probs.cumsum(0) - sorted_probs > top_p
-        sorted_probs[drop] = 0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))

@@ -19,7 +19,7 @@ from lm_eval_streaming import default_model
 from lm_eval_streaming.core.architectures import check_supported
 from lm_eval_streaming.core.attention import REFERENCE_KERNEL, check_attention_name
 from lm_eval_streaming.errors import install_excepthook
-from lm_eval_streaming.core.generation import generate
+from lm_eval_streaming.core.generation import generate_batch, generation_config
 from lm_eval_streaming.core.loading import canonical_model_id, check_model_id, files_digest
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, as_int, resolve_device
 from lm_eval_streaming.options import StreamingArgError
@@ -321,25 +321,71 @@ class StreamingHFLM(HFLM):
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """As lm-eval's ``hf``: requests grouped by gen_kwargs, longest first, ``--batch_size`` per forward
+        (lockstep, exact for every method: core/generation.py), the options ``hf`` passes to
+        ``model.generate`` through transformers' own processors and criteria; every request's options are
+        checked before anything is generated."""
+        from lm_eval.models.utils import Collator
+
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        tokens = {}
+
+        def encode(context: str) -> list[int]:
+            if context not in tokens:
+                tokens[context] = self.tok_encode(context) or [self.prefix_token_id]
+            return tokens[context]
+
+        plans = {}
+        for req in requests:  # refuse a bad option before generating anything
+            key = repr(req.args[1])
+            if key not in plans:
+                plans[key] = self._generation_plan(req.args[1], eos)
+                generation_config(self.model, plans[key][0])
+        re_ords = Collator([req.args for req in requests], sort_fn=lambda r: (-len(encode(r[0])), r[0]),
+                           group_by="gen_kwargs", group_fn=lambda r: r[1])
+        step = self._batch_for([encode(req.args[0]) for req in requests]) if requests else 1
         results = []
-        for req in tqdm(requests, desc="streaming_hf generate_until", disable=disable_tqdm or self.rank != 0):
-            context, gen_kwargs = req.args
-            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
-            tokens = self.tok_encode(context) or [self.prefix_token_id]
-            self._check_positions(len(tokens) + kwargs["max_gen_toks"])
-            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
-            out = generate(
-                self.model, tokens, self.policy, int(kwargs["max_gen_toks"]), self.tok_decode, stop=until,
-                eos_token_id=self.eot_token_id, chunk_size=self.chunk_size, temperature=temperature,
-                top_p=float(kwargs.get("top_p", 1.0) or 1.0), diagnostics=self.diagnostics,
-                attn_implementation=self.kernel,
-            )
-            text = postprocess_generated_text(self.tok_decode(out), until, None)
-            self.cache_hook.add_partial("generate_until", req.args, text)
-            results.append(text)
-        return results
+        with tqdm(total=len(requests), desc=f"streaming_hf generate_until {self.policy.describe()}",
+                  disable=disable_tqdm or self.rank != 0) as bar:
+            for chunk in re_ords.get_batched(n=step):
+                contexts, all_kwargs = zip(*chunk)
+                options, until, max_gen_toks = plans[repr(all_kwargs[0])]
+                batch = [encode(c) for c in contexts]
+                self._check_positions(max(len(t) for t in batch) + max_gen_toks)
+                outs = generate_batch(self.model, batch, self.policy, options, max_gen_toks=max_gen_toks,
+                                      decode=self.tokenizer.decode, stop=until, chunk_size=self.chunk_size,
+                                      diagnostics=self.diagnostics, attn_implementation=self.kernel,
+                                      tokenizer=self.tokenizer)
+                for out, context, gen_kwargs in zip(outs, contexts, all_kwargs):
+                    text = self._generated_text(out, until)
+                    self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+                    results.append(text)
+                bar.update(len(chunk))
+        return re_ords.get_original(results)
+
+    def _generation_plan(self, gen_kwargs: dict, eos: str) -> tuple[dict, list[str], int]:
+        """(model.generate options, stop strings, max_gen_toks) exactly as lm-eval's hf derives them
+        (normalize_gen_kwargs, then HFLM._model_generate's temperature rule and pad id)."""
+        kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+        max_gen_toks = int(kwargs.pop("max_gen_toks"))
+        kwargs["temperature"] = kwargs.get("temperature", 0.0)
+        if kwargs["temperature"] == 0.0 and kwargs.get("do_sample") is None:
+            kwargs["do_sample"] = False
+        if kwargs.get("do_sample") is False and kwargs["temperature"] == 0.0:
+            kwargs.pop("temperature")
+        kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        return kwargs, until, max_gen_toks
+
+    def _generated_text(self, out: list[int], until: list[str]) -> str:
+        """Decoded and cut as lm-eval's hf does (thinking tokens, then the stop strings)."""
+        think = self.think_end_token
+        if isinstance(think, int) and think in out:
+            out = out[len(out) - out[::-1].index(think):]
+        text = self.tok_decode(out)
+        if isinstance(think, int):
+            text = text.lstrip()
+        return postprocess_generated_text(text, until, think if isinstance(think, str) else None)
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
