@@ -278,3 +278,54 @@ def test_leaderboard_one_checkpoint_under_two_spellings_is_one_row(tiny_model_di
     proc = _board(tmp_path, runs)
     assert proc.returncode == 0, proc.stderr
     assert "4 runs, 1 rows" in proc.stdout
+
+
+# ------------------------------------------------------------------ 5. the same run read twice
+def _report(tmp_path, *files) -> str:
+    out = tmp_path / "report.md"
+    proc = _cli("analyze", *files, "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    # the report without the line naming its data files (they differ by design)
+    return "\n".join(ln for ln in out.read_text().splitlines() if "Data: " not in ln and ".json" not in ln), proc
+
+
+def test_analyze_counts_a_run_read_twice_once(tmp_path):
+    from synthetic_runs import make_run
+
+    from lm_eval_streaming.records.io import write_run
+
+    run = make_run("smollm2-135m", lambda m, method, r, k, p, a: 2.0 + (0.1 if r else 0.0) + p / 1e4,
+                   max_tokens=2000, trained_context=8192)
+    one = tmp_path / "run.json"
+    write_run(one, run)
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(one.read_bytes())
+    single, _ = _report(tmp_path, one)
+    for files in ((one, one), (one, copy)):
+        twice, proc = _report(tmp_path, *files)
+        assert twice == single
+        assert "(1 runs," in (tmp_path / "report.md").read_text()
+    assert "counted once" in proc.stderr  # the copy is named
+
+
+def test_duplicate_recent_sizes_are_one_row():
+    from lm_eval_streaming.benchmark.args import check_benchmark_args
+    from lm_eval_streaming.experiment.config import expand_cells, validate_config
+
+    assert check_benchmark_args(recent_sizes="16,16", max_tokens=100)["recent_sizes"] == [16]
+    config = validate_config({"name": "x", "model_id": "smollm2-135m", "methods": ["streaming_llm"],
+                              "max_tokens": 100, "recent_sizes": [16, 16]}, "x.yaml")
+    assert [c["recent_sizes"] for c in expand_cells(config)] == [[16]]
+
+
+@pytest.mark.slow
+def test_benchmark_recent_sizes_16_16_writes_one_row(tiny_model_dirs, tmp_path):
+    from lm_eval_streaming.records import load_runs
+
+    out = tmp_path / "run.json"
+    proc = bench_cli("--model_id", tiny_model_dirs["llama"], "--max_tokens", 40, "--num_samples", 1,
+                     "--recent_sizes", "16,16", "--num_warmup", 0, "--dense_attn", "sdpa", "--no_kernel_error",
+                     "--no_causality_probe", "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = load_runs([out])
+    assert [(r.method, r.recent_size) for r in run.rows] == [("dense", None), ("streaming_llm", 16)]
