@@ -179,23 +179,26 @@ def random_model(shape: str, dtype: str, device: str | None):
 def add_parser(subparsers):
     p = subparsers.add_parser("speed", help="fast-path targets: speed, memory vs length, generation latency",
                               description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model_id", default="smollm2-135m")
+    p.add_argument("--model_id", default="smollm2-135m",
+                   help="hub id, local checkpoint directory, or smollm2-135m (the embedded default model)")
     p.add_argument("--shape", choices=list(SHAPES), default=None,
                    help="time a model of this shape with random weights instead of --model_id (e.g. on CUDA, float16)")
     p.add_argument("--tokens", type=int, default=5000, help="document length for the speed table")
-    p.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK_SIZE)
-    p.add_argument("--start_size", type=int, default=4)
-    p.add_argument("--recent_size", type=int, default=252)
+    p.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK_SIZE, help="tokens per forward pass")
+    p.add_argument("--start_size", type=int, default=4, help="attention sinks of the streaming cache")
+    p.add_argument("--recent_size", type=int, default=252, help="recent tokens of the streaming cache")
     p.add_argument("--steady_tokens", type=int, default=200,
                    help="chunk_size=1 is timed on this many tokens after the cache is full, then scaled")
     p.add_argument("--full", action="store_true", help="time chunk_size=1 over the whole document (slow)")
-    p.add_argument("--memory_lengths", default="1000,2000,5000,10000,20000")
+    p.add_argument("--memory_lengths", default="1000,2000,5000,10000,20000",
+                   help="memory table: comma list of document lengths")
     p.add_argument("--dense_max_tokens", type=int, default=None,
                    help="skip dense in the memory table above this length (its time grows quadratically)")
-    p.add_argument("--gen_tokens", type=int, default=768)
-    p.add_argument("--gen_block", type=int, default=128)
-    p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES))
-    p.add_argument("--device", default=None)
+    p.add_argument("--gen_tokens", type=int, default=768, help="generation table: tokens generated")
+    p.add_argument("--gen_block", type=int, default=128,
+                   help="generation table: per-token latency reported per block of this many tokens")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--skip", default="", help=f"comma list of sections to skip: {', '.join(SECTIONS)}")
     p.add_argument("--only", default=None, help="comma list of sections to run (default: all but plan)")
     return p
