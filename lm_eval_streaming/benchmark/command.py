@@ -17,14 +17,13 @@ import sys
 from pathlib import Path
 
 from lm_eval_streaming.benchmark.args import DEFAULTS, MODEL_DEFAULT_KERNEL, check_benchmark_args, split_one_call
-from lm_eval_streaming.benchmark.rows import _PeakRSS, causality_stats, kernel_error_stats, score_row, set_deltas
 from lm_eval_streaming.core.loading import load_model, load_tokenizer, model_identity
 from lm_eval_streaming.options import DTYPE_NAMES, StreamingArgError
 from lm_eval_streaming.records import Run
 from lm_eval_streaming.records.io import check_writable, write_run
 from lm_eval_streaming.benchmark.samples import load_samples, sample_spec
 
-__all__ = ["_PeakRSS", "load_model", "load_samples", "run_benchmark", "add_parser", "run", "main"]
+__all__ = ["load_model", "load_samples", "run_benchmark", "add_parser", "run", "main"]
 
 
 def _dense_kernels(model, names: list[str], n_tokens: int, chunk_size: int,
@@ -93,6 +92,9 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
 
     Every argument is validated before any work; the samples are built (or refused) before the weights
     load. ``model`` / ``tokenizer``: an already loaded model (the experiment runner reuses one)."""
+    # torch-heavy, so imported here: ``benchmark --help`` needs no torch
+    from lm_eval_streaming.benchmark.rows import causality_stats, kernel_error_stats, score_row, set_deltas
+
     import torch
     import transformers
     from tqdm import tqdm
