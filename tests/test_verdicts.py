@@ -312,6 +312,11 @@ def test_the_ablation_is_a_key_criterion_when_present(jump, status, verdict):
         assert "fail: the same cache at true distances does not degrade" in render_report(a)
     # the ablation rows are not streaming rows: the reference streaming row stays the shifted one
     assert all(r.position_shift is not False for r in (e.row for e in _data(a).ref))
+    # where the unshifted cache starts to lose to the shifted one: at 8192 (a bucket edge) when it jumps there;
+    # the template's critical point stays dense's (dense jumps at 8192 too)
+    [noshift] = [p for p in a.critical if p.dense.position_shift is False and p.run.max_tokens == 12000]
+    assert noshift.pooled == (8192 if jump else None)
+    assert a.critical_main.dense.is_dense and a.critical_main.pooled == 8192
 
 
 def _data(a):

@@ -61,7 +61,7 @@ def first_lasting_excess(edges: list[float], dense: list[float | None], streamin
 @dataclass
 class CriticalPoint:
     run: Run
-    dense: Row
+    dense: Row  # the row that degrades: dense, or the position_shift=false ablation
     streaming: Row
     pooled: float | None  # tokens, from the run's pooled curve; None: not reached
     per_sample: list[float | None] | None  # one per sample; None: the run recorded no per-sample curves
@@ -114,9 +114,13 @@ def critical_points(d) -> list[CriticalPoint]:
     row (the one closest to the seed's recent size) on the same curve buckets."""
     out = []
     for run in d.runs:
-        dense, s = d.dense_of(run), d.ref_of(run)
-        if dense is not None and s is not None:
-            cp = critical_point(run, dense, s.row, d.tol)
+        s = d.ref_of(run)
+        if s is None:
+            continue
+        # dense against streaming (the critical point), then the ablation (position_shift=false) against streaming:
+        # where the same cache at true distances starts to lose to the shifted one
+        for degrading in (d.dense_of(run), d.ablation_of(run, s.row)):
+            cp = critical_point(run, degrading, s.row, d.tol) if degrading is not None else None
             if cp is not None:
                 out.append(cp)
     return out

@@ -241,12 +241,17 @@ def nll_vs_position(runs: list[Run], outdir: Path, tol: float = TOLERANCE) -> li
             xs += x
         line = _context_line(ax, rs, max(xs, default=None))
         _x_to_data(ax, xs + [0], line)
+        drawn = set()
         for cp in critical_points(Data(chosen, tol)):
-            if cp.pooled is not None:
+            kind = "dense" if cp.dense.is_dense else "noshift"
+            if cp.pooled is not None and kind not in drawn:  # one per kind (one run of this length)
+                drawn.add(kind)
                 m = cp.multiple(cp.pooled)
-                ax.axvline(cp.pooled, color="crimson", linewidth=1.2,
-                           label=f"critical point {cp.pooled:.0f}" + (f" ({m:.2f}x)" if m else ""))
-                break  # one run of this length: one critical point
+                ax.axvline(cp.pooled, linewidth=1.2, **({"color": "crimson"} if kind == "dense" else
+                                                         {"color": method_color("streaming_llm noshift"),
+                                                          "linestyle": "--"}),
+                           label=("critical point" if kind == "dense" else "position_shift=false loses from")
+                           + f" {cp.pooled:.0f}" + (f" ({m:.2f}x)" if m else ""))
         paths.append(_finish(fig, ax, "token position", "NLL (nats/token)",
                              f"NLL vs position: {model}, {longest} tokens ({device}, {dtype})\n"
                              f"faint: per bucket of {longest / len(row.nll_curve.nll):.0f} tokens; solid: moving "

@@ -70,7 +70,7 @@ def _size_scope(d: Data, points=(), bounds: list | None = None) -> str:
 
 def main_critical(points: list):
     """The one the template cites: reached, from the longest run (most positions past it), then most samples."""
-    reached = [p for p in points if p.pooled is not None]
+    reached = [p for p in points if p.pooled is not None and p.dense.is_dense]
     return max(reached, key=lambda p: (p.run.max_tokens, p.run.num_samples), default=None)
 
 
@@ -87,7 +87,7 @@ def _length_scope(d: Data, points: list, main) -> str:
                if points else "no run has NLL-by-position curves of dense and streaming")
         return f"not reached: {why} (lengths tested, tokens and multiple of the trained context: {tested})"
     significant = any(delta_class(e.row, d.tol) == "better" for e in d.ref)
-    others = [p for p in points if p.pooled is not None and p is not main]
+    others = [p for p in points if p.pooled is not None and p is not main and p.dense.is_dense]
     return (f">= {main.pooled:.0f} tokens" + (" (from the first positions: streaming lower throughout)"
                                               if main.pooled == 0 else "") + (f" ({main.multiple(main.pooled):.2f}x the trained context "
                                               f"{main.run.trained_context})" if main.run.trained_context else "")
@@ -200,7 +200,8 @@ def analyze(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> 
     ruled = [k for k, h in hyps.items() if h.verdict == RULED_OUT]
     open_ = [k for k, h in hyps.items() if h.verdict == OPEN]
     cause_key = supported[0] if len(supported) == 1 else None
-    points = critical_points(d)
+    every_point = critical_points(d)
+    points = [p for p in every_point if p.dense.is_dense]  # dense against streaming: the critical point proper
     main = main_critical(points)
     if main is not None:
         text += (f" Critical point: dense's NLL exceeds streaming's by more than {d.tol} nats/token and stays above "
@@ -237,7 +238,7 @@ def analyze(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> 
     meaning = _meaning(d, cause_key, hyps) + " " + practical_meaning(recall_points)
     return Analysis(runs=d.runs, hypotheses=hyps, phenomenon=text, cause=cause, cause_key=cause_key,
                     cause_evidence=evidence, scope=scope, meaning=meaning, summary="\n".join(summary),
-                    tolerance=tolerance, reasons=_reasons(hyps, cause_key), critical=points, critical_main=main,
+                    tolerance=tolerance, reasons=_reasons(hyps, cause_key), critical=every_point, critical_main=main,
                     kernels=kernels, notes=notes)
 
 
