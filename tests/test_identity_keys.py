@@ -329,3 +329,49 @@ def test_benchmark_recent_sizes_16_16_writes_one_row(tiny_model_dirs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = load_runs([out])
     assert [(r.method, r.recent_size) for r in run.rows] == [("dense", None), ("streaming_llm", 16)]
+
+
+# ------------------------------------------------------------------ 3. one checkpoint, two spellings
+def test_analyze_sees_one_model_under_two_spellings(tiny_model_dirs, tmp_path):
+    from synthetic_runs import make_run
+
+    from lm_eval_streaming.analysis.data import Data
+    from lm_eval_streaming.analysis.inputs import read_results
+    from lm_eval_streaming.records.io import write_run
+
+    real = Path(tiny_model_dirs["llama"])
+    link = tmp_path / "same-model"
+    link.symlink_to(real)
+    files = []
+    for i, spelling in enumerate([str(real), str(real) + "/", str(link)]):
+        run = make_run(spelling, lambda m, method, r, k, p, a: 2.0 + (0.1 if r else 0.0) + p / 1e4 + i / 100,
+                       max_tokens=1000 * (i + 1), trained_context=256)
+        files.append(tmp_path / f"run{i}.json")
+        write_run(files[-1], run)
+    data = Data(read_results(files, "analyze"), tol=0.01)
+    assert data.models == [str(real)] and len(data.runs) == 3
+    proc = _cli("analyze", *files, "--output", tmp_path / "r.md")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_experiment_store_knows_a_cell_under_another_spelling(tiny_model_dirs, tmp_path):
+    real = Path(tiny_model_dirs["llama"])
+    out = tmp_path / "r.jsonl"
+
+    def config(spelling):
+        path = tmp_path / f"c{len(list(tmp_path.glob('c*.yaml')))}.yaml"
+        path.write_text(f"name: spell\nmodel_id: {spelling}\nmethods: [streaming_llm]\nmax_tokens: 40\n"
+                        "recent_sizes: [8]\nnum_samples: 1\nnum_warmup: 0\ndevice: cpu\ndense_attn: [sdpa]\n"
+                        "kernel_error: false\ncausality_probe: false\n")
+        return path
+
+    cli = [sys.executable, "-m", "lm_eval_streaming.cli", "experiment"]
+    first = subprocess.run(cli + [str(config(real)), "--output", str(out), "--no-progress"], env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for spelling in (f"{real}/", f"{real.parent}/../{real.parent.name}/{real.name}"):
+        dry = subprocess.run(cli + [str(config(spelling)), "--output", str(out), "--dry-run"], env=ENV,
+                             capture_output=True, text=True, timeout=600)
+        assert dry.returncode == 0, dry.stderr[-3000:]
+        assert "0 to run" in dry.stdout, dry.stdout
