@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -64,3 +65,79 @@ def test_benchmark_with_an_unreachable_hub_id_exits_2_in_seconds(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "HF_HUB_OFFLINE=1" in out.stderr and "smollm2-135m" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ --help
+def _parser(name):
+    from lm_eval_streaming import cli
+
+    parser = cli.build_parser((name,))
+    return next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)).choices[name]
+
+
+def _commands():
+    from lm_eval_streaming import cli
+
+    return list(cli.COMMANDS)
+
+
+HELP_CODE = """
+import resource, sys
+from lm_eval_streaming.cli import main
+try:
+    main(sys.argv[1:] + ["--help"])
+except SystemExit as exc:
+    assert exc.code == 0, exc.code
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print("torch" in sys.modules, usage.ru_utime + usage.ru_stime)
+"""
+
+
+@pytest.mark.parametrize("command", ["", *_commands()])
+def test_help_imports_no_torch_and_takes_under_a_second(command):
+    """CPU seconds of the whole process (interpreter start included): wall time on a machine shared by many
+    jobs says more about the others than about us."""
+    if command == "speed":
+        pytest.xfail("benchmark/speed.py decorates its tables with torch.no_grad at import (left to its owner)")
+    out = subprocess.run([sys.executable, "-c", HELP_CODE, *([command] if command else [])],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    imported, cpu = out.stdout.splitlines()[-1].split()
+    assert imported == "False"
+    assert float(cpu) < 1.0
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_help_is_plain_text_every_option_described_each_default_once(command):
+    parser = _parser(command)
+    text = parser.format_help()
+    for markup in ("``", ":mod:", ":func:", ":class:", "`"):
+        assert markup not in text, (command, markup)
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, (command, action.option_strings)
+        shown = formatter._get_help_string(action) % {**vars(action), "default": action.default}
+        # "(default: X)", "(default X)", "default: X": at most one statement of the option's default
+        assert len(re.findall(r"\(default[: ]|default: ", shown)) <= 1, (command, action.option_strings, shown)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_long_option_takes_both_spellings(command):
+    parser = _parser(command)
+    for action in parser._actions:
+        for name in action.option_strings:
+            if name.startswith("--") and ("_" in name or "-" in name[2:]):
+                for spelling in (name.replace("-", "_").replace("__", "--", 1), "--" + name[2:].replace("_", "-")):
+                    assert parser._option_string_actions[spelling] is action, (command, spelling)
+
+
+def test_both_spellings_parse_to_the_same_value():
+    parser = _parser("benchmark")
+    assert parser.parse_args(["--max-tokens", "64"]).max_tokens == parser.parse_args(["--max_tokens", "64"]).max_tokens
+    assert parser.parse_args(["--no-kernel-error"]).no_kernel_error is True
+    exp = _parser("experiment")
+    assert exp.parse_args(["c.yaml", "--dry-run"]).dry_run is exp.parse_args(["c.yaml", "--dry_run"]).dry_run is True
+    # the help shows one spelling (lm-eval's underscores)
+    assert "--dry_run" in exp.format_help() and "--dry-run" not in exp.format_help()

@@ -25,7 +25,9 @@ from lm_eval_streaming.analysis.inputs import check_figures_dir, check_result_fi
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("results", nargs="+",
-                        help="result files: experiment JSONL and/or `benchmark --output` JSON, mixed")
+                        help="result files and folders, mixed: experiment JSONL, `benchmark --output` JSON, lm-eval "
+                             "--output_path folders of streaming_hf perplexity runs (with --log_samples: paired "
+                             "by document)")
     parser.add_argument("--output", "-o", default="-", help="report (markdown); default: stdout")
     parser.add_argument("--figures", default=None, metavar="DIR", help="write PNG figures into DIR and link them")
     parser.add_argument("--recall", nargs="+", default=None, metavar="PATH",
