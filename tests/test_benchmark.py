@@ -53,7 +53,9 @@ def test_benchmark_run_matches_a_plain_forward(tiny_model_dirs, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = load_runs([out])
     assert [(r.method, r.attn_implementation, r.recent_size) for r in run.rows] == [
-        ("dense", "sdpa", None), ("dense", "lm_eval_streaming", None), ("streaming_llm", "lm_eval_streaming", 16)]
+        ("dense", "sdpa", None), ("dense", "sdpa", None), ("dense", "lm_eval_streaming", None),
+        ("streaming_llm", "lm_eval_streaming", 16)]
+    assert [r.one_call for r in run.rows] == [False, True, False, None]  # default@full: the seed's plain forward
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     reference = [plain_sample_nll(model, s) for s in load_samples(load_tokenizer(), 200, 3)]
     all_tokens = torch.cat(reference)
@@ -62,9 +64,9 @@ def test_benchmark_run_matches_a_plain_forward(tiny_model_dirs, tmp_path):
         assert dense.per_sample_nll == pytest.approx([float(r.mean()) for r in reference], abs=1e-4)
         assert dense.kernel_error.max_abs_dnll < 1e-4 and dense.kernel_error.reference.startswith("lm_eval_streaming")
         assert dense.causality.max_abs_dlogit_overall < 1e-4 and dense.causality.samples_probed == 1
-    base, ref_kernel, stream = run.rows
+    base, full, ref_kernel, stream = run.rows
     assert base.delta_reference is None and base.delta_nll_vs_dense is None  # the reference of the deltas
-    assert ref_kernel.delta_reference == stream.delta_reference == "sdpa"
+    assert ref_kernel.delta_reference == stream.delta_reference == full.delta_reference == "sdpa"
     assert stream.delta_nll_vs_dense == pytest.approx(
         sum(a - b for a, b in zip(stream.per_sample_nll, base.per_sample_nll)) / 3)
     assert stream.kernel_error is None and stream.causality is None

@@ -158,7 +158,7 @@ def test_keys_cover_defaults_and_sample_version(monkeypatch):
     """A cell is keyed with every default filled in: writing a default out gives the same key, changing one
     (or how samples are built) gives another, so an old cell never passes as done."""
     implicit = ex.expand_cells(ex.validate_config(BASE, "a.yaml"))[0]
-    explicit_cfg = {**BASE, "chunk_size": 512, "num_warmup": 2, "dense_attn": ["default", "lm_eval_streaming"],
+    explicit_cfg = {**BASE, "chunk_size": 512, "num_warmup": 2, "dense_attn": ["default", "default@full", "lm_eval_streaming"],
                     "kernel_error": True, "causality_probe": True}
     explicit = ex.expand_cells(ex.validate_config(explicit_cfg, "b.yaml"))[0]
     assert ex.cell_key(implicit) == ex.cell_key(explicit)

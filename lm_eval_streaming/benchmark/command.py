@@ -69,18 +69,29 @@ def _cache_policies(a: dict) -> list:
     return out
 
 
+# The kernel checks may add at most this share of the weights' size to peak memory: no float32 copy of
+# float16/bfloat16 weights (+200%); the attention error works on the same q/k/v in float32 score blocks.
+CHECKS_MEMORY_SHARE = 0.4
+
+
+def checks_budget(model) -> int:
+    """Bytes the kernel checks may add: CHECKS_MEMORY_SHARE of the weights' size."""
+    return int(CHECKS_MEMORY_SHARE * sum(p.numel() * p.element_size() for p in model.parameters()))
+
+
 def _reference_for_kernel_error(model, samples, chunk_size, rows_scored):
-    """The float32 reference-kernel NLLs: reused from the run's own reference row when it is float32."""
+    """The reference-kernel NLLs for the kernel error: float32 weights where that copy fits in the checks'
+    budget (a float32 model: no copy), else the same weights in the model's dtype; reused from the run's own
+    dense[reference] row when that row has those weights."""
     from lm_eval_streaming.core.attention import REFERENCE_KERNEL
-    from lm_eval_streaming.core.kernel_checks import reference_scores
+    from lm_eval_streaming.core.kernel_checks import _dtype_name, float32_copy_fits, reference_scores
     from lm_eval_streaming.core.scoring import input_device
 
-    import torch
-
+    budget = checks_budget(model)
     ref_label = f"dense[{REFERENCE_KERNEL}]"
-    if next(model.parameters()).dtype == torch.float32 and ref_label in rows_scored:
-        return rows_scored[ref_label], f"{REFERENCE_KERNEL}/float32/{input_device(model).type}"
-    return reference_scores(model, samples, chunk_size)
+    if ref_label in rows_scored and (_dtype_name(model) == "float32" or not float32_copy_fits(model, budget)):
+        return rows_scored[ref_label], f"{REFERENCE_KERNEL}/{_dtype_name(model)}/{input_device(model).type}"
+    return reference_scores(model, samples, chunk_size, budget=budget)
 
 
 def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_tokens: int = 2000,
@@ -92,6 +103,9 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
 
     Every argument is validated before any work; the samples are built (or refused) before the weights
     load. ``model`` / ``tokenizer``: an already loaded model (the experiment runner reuses one)."""
+    # torch-heavy, so imported here: ``benchmark --help`` needs no torch
+    from lm_eval_streaming.benchmark.rows import causality_stats, kernel_error_stats, score_row, set_deltas
+
     # torch-heavy, so imported here: ``benchmark --help`` needs no torch
     from lm_eval_streaming.benchmark.rows import causality_stats, kernel_error_stats, score_row, set_deltas
 
@@ -128,12 +142,18 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
     for row in rows:
         if row is not base:
             set_deltas(row, base)
-        if row.is_dense and a["kernel_error"]:
-            reference = reference or _reference_for_kernel_error(model, samples, a["chunk_size"], dense_scored)
-            row.kernel_error = kernel_error_stats(model, samples, row, dense_scored[row.label()],
-                                                  reference, a["chunk_size"], trained_context)
-        if row.is_dense and a["causality_probe"]:
-            row.causality = causality_stats(model, samples, row, a["chunk_size"])
+    dense_rows = [r for r in rows if r.is_dense]
+    steps = len(dense_rows) * (len(samples) * a["kernel_error"] + a["causality_probe"])
+    with tqdm(total=steps, desc="kernel checks", disable=not progress or not steps, file=sys.stderr) as bar:
+        for row in dense_rows:
+            bar.set_postfix_str(row.label())
+            if a["kernel_error"]:
+                reference = reference or _reference_for_kernel_error(model, samples, a["chunk_size"], dense_scored)
+                row.kernel_error = kernel_error_stats(model, samples, row, dense_scored[row.label()],
+                                                      reference, a["chunk_size"], trained_context, bar.update)
+            if a["causality_probe"]:
+                row.causality = causality_stats(model, samples, row, a["chunk_size"])
+                bar.update(1)
     return Run(
         model_id=a["model_id"], max_tokens=a["max_tokens"], num_samples=a["num_samples"],
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), device=model.device.type,

@@ -9,10 +9,12 @@ import time
 
 import torch
 
-from lm_eval_streaming.core.kernel_checks import causality_probe, kernel_error
+from lm_eval_streaming.core.attention import REFERENCE_KERNEL
+from lm_eval_streaming.core.kernel_checks import attention_error, causality_probe, kernel_error
 from lm_eval_streaming.records.metrics import bucketize, exceeds_trained_context, position_buckets, position_edges, relative_edges, \
     set_deltas, t_interval  # noqa: F401  (set_deltas: the paired differences, shared with the lm-eval reader)
 from lm_eval_streaming.records import CausalityStats, KernelErrorStats, Row
+from lm_eval_streaming.records.run import AttentionLayerError
 from lm_eval_streaming.core.scoring import Diagnostics, ScoredTokens, input_device, resolve_kernel, score_sequences
 
 
@@ -110,17 +112,41 @@ def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warm
 
 
 def kernel_error_stats(model, samples, row: Row, scored: list[ScoredTokens], reference, chunk_size: int,
-                       trained_context: int | None) -> KernelErrorStats:
-    """Per-token |dNLL| of a dense row against the reference scores (shared by all dense rows of a run)."""
+                       trained_context: int | None, progress=None) -> KernelErrorStats:
+    """Per-token |dNLL| of a dense row against the reference scores (shared by all dense rows of a run), and
+    (kernels other than the reference) every attention call paired with the float32 reference from the same
+    q/k/v in one more pass through the row's path (chunked or one call); ``progress(1)`` after each sample."""
     err = kernel_error(model, samples, row.attn_implementation, chunk_size, scored=scored, reference=reference)
     values = torch.cat(err.abs_dnll)
     positions = torch.cat([s.positions for s in scored]).double()
     top = float(positions.max())
-    return KernelErrorStats(
+    stats = KernelErrorStats(
         reference=err.reference, mean_abs_dnll=err.mean, max_abs_dnll=err.max, nonfinite=err.nonfinite,
         by_position=bucketize(positions, values, position_edges(top)),
         by_relative_position=bucketize(positions / trained_context, values, relative_edges(top / trained_context))
-        if trained_context else None)
+        if trained_context else None,
+        float32_weights=err.reference.split("/")[1] == "float32")
+    if row.attn_implementation != REFERENCE_KERNEL:
+        att, _ = attention_error(model, samples, row.attn_implementation, chunk_size, bool(row.one_call), progress)
+        stats.attention_reference, stats.attention_nonfinite = att.reference, att.nonfinite
+        stats.attention_mean_abs, stats.attention_max_abs = att.mean, att.max
+        stats.attention_layers = [_layer_error(i, att) for i in range(att.sum_abs.shape[0])]
+    elif progress is not None:
+        progress(len(samples))
+    return stats
+
+
+def _layer_error(layer: int, att) -> AttentionLayerError:
+    """One layer of an AttentionError: mean and max |d output| overall and per query-position bucket."""
+    count = att.count[layer]
+    seen = count > 0
+    pos = torch.arange(len(count), dtype=torch.float64)[seen]
+    mean = att.sum_abs[layer][seen].double() / count[seen].double()
+    edges = position_edges(float(pos.max()) if len(pos) else 0.0)
+    worst = [float(att.max_abs[layer][seen][(pos >= lo) & (pos < hi)].max()) if bool(((pos >= lo) & (pos < hi)).any())
+             else None for lo, hi in zip(edges, edges[1:])]
+    return AttentionLayerError(layer=layer, mean_abs=att.mean_by_layer[layer], max_abs=att.max_by_layer[layer],
+                               by_position=bucketize(pos, mean, edges), max_by_position=worst)
 
 
 def _worst(values) -> float:

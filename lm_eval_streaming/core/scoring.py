@@ -164,6 +164,7 @@ class OneCallSession:
         self.model, self.policy, self.diag = model, policy, diagnostics
         self.device = input_device(model)
         self.reference = kernel == REFERENCE_KERNEL  # the project's kernel needs its (dense) context
+        self.keep = None  # positions whose logits are computed (transformers' logits_to_keep); None: all
         self.used = False
         if diagnostics is not None and self.reference:
             diagnostics.scores_measured = True
@@ -177,6 +178,8 @@ class OneCallSession:
             pos = torch.arange(ids.shape[1])
             stats = self.diag.scores if self.diag is not None else None
             kwargs["streaming"] = ChunkContext.build(self.policy, pos, pos, None, stats).to(self.device)
+        if self.keep is not None:
+            kwargs["logits_to_keep"] = self.keep.to(self.device)
         logits = self.model(input_ids=ids.to(self.device), use_cache=False, **kwargs).logits
         _observe_cache(self.diag, ids.shape[1], 0)
         return logits

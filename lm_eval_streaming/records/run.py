@@ -50,15 +50,35 @@ class Interval:
 
 
 @dataclass
-class KernelErrorStats:
-    """|NLL(row's kernel, dtype, device) - NLL(reference kernel, float32)| per token."""
+class AttentionLayerError:
+    """One layer: |attention output of the row's kernel - the float32 reference's from the same q/k/v|."""
 
-    reference: str  # e.g. "lm_eval_streaming/float32/cpu"
+    layer: int
+    mean_abs: float
+    max_abs: float
+    by_position: Buckets | None = None  # mean per position bucket
+    max_by_position: list[float | None] | None = None  # max per bucket of by_position
+
+
+@dataclass
+class KernelErrorStats:
+    """|NLL(row's kernel, dtype, device) - NLL(reference kernel)| per token, and the per-call attention error."""
+
+    reference: str  # kernel/dtype/device of the reference weights, e.g. "lm_eval_streaming/float16/cpu"
     mean_abs_dnll: float
     max_abs_dnll: float
     nonfinite: int | None = None  # tokens where either side was NaN/Inf
     by_position: Buckets | None = None
     by_relative_position: Buckets | None = None  # position / trained context
+    # True: the reference had float32 weights (a float32 model, or a float32 copy that fit); False: the same
+    # weights in the model's dtype (the copy did not fit the checks' memory budget); None: not recorded
+    float32_weights: bool | None = None
+    # every attention call also computed by the float32 reference from the same q/k/v (None: not measured)
+    attention_reference: str | None = None
+    attention_mean_abs: float | None = None
+    attention_max_abs: float | None = None
+    attention_nonfinite: int | None = None
+    attention_layers: list[AttentionLayerError] | None = None
 
 
 @dataclass
@@ -195,6 +215,7 @@ def forget_stream_positions(row: Row, raw: dict) -> None:
 
 
 # ------------------------------------------------------------------ dict -> dataclass (strict)
+_NESTED_LISTS = {"attention_layers": AttentionLayerError}
 _NESTED = {
     "ppl_ci": Interval, "acc_ci": Interval, "delta_nll_ci": Interval, "delta_acc_ci": Interval,
     "nll_by_position": Buckets, "nll_by_relative_position": Buckets, "nll_curve": Buckets,
@@ -220,6 +241,10 @@ def _build(cls, data: dict, where: str):
             if not isinstance(value, list):
                 raise RecordError(f"{where}.rows: expected a list")
             value = [_build(Row, r, f"{where}.rows[{i}]") for i, r in enumerate(value)]
+        elif key in _NESTED_LISTS and value is not None:
+            if not isinstance(value, list):
+                raise RecordError(f"{where}.{key}: expected a list")
+            value = [_build(_NESTED_LISTS[key], x, f"{where}.{key}[{i}]") for i, x in enumerate(value)]
         elif key in _NESTED and value is not None:
             value = _build(_NESTED[key], value, f"{where}.{key}")
         kwargs[key] = value
