@@ -255,3 +255,43 @@ def test_bad_options_name_the_value(bad, message):
 def test_evict_every_is_refused_by_position_methods():
     with pytest.raises(StreamingArgError, match="evict_every=16 does not apply to method=streaming_llm"):
         policy_for("streaming_llm", 4, 252, evict_every=16)
+
+
+# ------------------------------------------------------------------ the compression verdict over every method
+def _run(rows, max_tokens=4000):
+    from lm_eval_streaming.records import Row, Run
+
+    dense = Row(method="dense", start_size=0, recent_size=None, attn_implementation="sdpa", ppl=30.0, nll_mean=3.4,
+                exceeded_trained_context=False)
+    cached = [Row(method=m, start_size=4, recent_size=252, attn_implementation="lm_eval_streaming", ppl=30.0,
+                  nll_mean=3.4, evict_every=e, delta_nll_vs_dense=delta, delta_nll_ci=ci, delta_reference="sdpa")
+              for m, e, delta, ci in rows]
+    return Run(model_id="smollm2-135m", max_tokens=max_tokens, num_samples=2, dtype="float32", device="cpu",
+               chunk_size=512, rows=[dense, *cached], trained_context=8192)
+
+
+def _criterion(runs):
+    from lm_eval_streaming.analysis.data import Data
+    from lm_eval_streaming.analysis.hypotheses.compression import compression
+
+    h = compression(Data(runs, 0.01))
+    return next(c for c in h.criteria if c.name.startswith("some compression method beats dense"))
+
+
+def test_compression_verdict_reads_every_method():
+    from lm_eval_streaming.analysis.base import FAIL, PASS, UNDECIDED
+    from lm_eval_streaming.records import Interval
+
+    worse = lambda d: (d, Interval(d - 0.01, d + 0.01))  # noqa: E731
+    all_worse = _run([("streaming_llm", None, *worse(0.09)), ("h2o", 64, *worse(0.05)), ("knorm", 64, *worse(0.2))])
+    c = _criterion([all_worse])
+    assert c.status == FAIL and c.key and "h2o E64 4+252" in c.evidence and "knorm E64 4+252" in c.evidence
+    one_beats = _run([("streaming_llm", None, *worse(0.09)), ("tova", 64, -0.03, Interval(-0.05, -0.01))])
+    c = _criterion([one_beats])
+    assert c.status == PASS and "beats dense: tova E64 4+252" in c.evidence
+    open_ = _run([("h2o", 64, *worse(0.05)), ("tova", 64, 0.01, Interval(-0.02, 0.04))])
+    assert _criterion([open_]).status == UNDECIDED
+    # past the trained context dense extrapolates: those rows do not count here
+    long = _run([("h2o", 64, -0.5, Interval(-0.6, -0.4))], max_tokens=20000)
+    long.rows[0].exceeded_trained_context = True
+    assert _criterion([long]).status == UNDECIDED

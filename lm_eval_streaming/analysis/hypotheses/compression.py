@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from lm_eval_streaming.analysis.base import FAIL, PASS, UNDECIDED, Criterion, Hypothesis, finite, fmt, run_next, signed
+from lm_eval_streaming.analysis.base import (FAIL, PASS, UNDECIDED, Criterion, Hypothesis, finite, fmt, interval,
+                                             run_next, signed)
 from lm_eval_streaming.analysis.criteria import by_model_size, cache_curves, matched_groups
 from lm_eval_streaming.analysis.data import Data, effect, mean_delta
 
@@ -22,6 +23,7 @@ def compression(d: Data) -> Hypothesis:
             c.next_step = run_next(what)
         elif c.status == FAIL:
             c.outcome = f"effect {missing}"
+    h.criteria.append(_any_method_within_context(d))
     return h
 
 
@@ -73,3 +75,40 @@ def _interior_optimum(d: Data) -> Criterion:
                      + ", ".join(f"{rc}: {fmt(x)}" for (rc, _), x in zip(pts, nll))
                      + f" -> best {pts[i][0]} ({'interior' if oks[-1] else 'at the end of the range: monotone'})")
     return Criterion(name, PASS if all(oks) else FAIL, "; ".join(parts), key=True)
+
+
+EVICTION_COMMAND = ("lm-eval-streaming benchmark --method streaming_llm,h2o,tova,knorm --evict_every 64 "
+                    "--max_tokens 4000 --num_samples 2")
+
+
+def _any_method_within_context(d: Data) -> Criterion:
+    """Every compression method present (streaming_llm, h2o, tova, knorm, window, ...: every row with a bounded
+    cache) against dense within the trained context, where dense is not extrapolating: if compression improved
+    prediction, some method at budget B would beat dense there (its paired ΔNLL interval below 0)."""
+    name = "some compression method beats dense within the trained context"
+    beats, worse, open_, parts = [], [], [], []
+    for e in d.entries:
+        if e.row.is_dense or d.is_long(e.run) is not False or not finite(e.delta):
+            continue
+        ci = e.row.delta_nll_ci
+        label = f"{e.row.label()} ({e.run.max_tokens} tokens)"
+        parts.append(f"{label}: ΔNLL {signed(e.delta)}{interval(ci) or ' (one sample: no interval)'}")
+        if ci is None:
+            open_.append(label)
+        elif ci.high < 0:
+            beats.append(label)
+        elif ci.low > 0:
+            worse.append(label)
+        else:
+            open_.append(label)
+    found = "; ".join(parts)
+    if not parts:
+        return Criterion(name, UNDECIDED, "no cache-method rows within the trained context", key=True,
+                         next_step=f"run `{EVICTION_COMMAND}`")
+    if beats:
+        return Criterion(name, PASS, f"beats dense: {', '.join(beats)}. {found}", key=True)
+    if not open_:
+        return Criterion(name, FAIL, found, key=True,
+                         outcome="no compression method at these budgets beats dense within the trained context")
+    return Criterion(name, UNDECIDED, f"{found}; intervals that include 0 or are missing: {', '.join(open_)}",
+                     key=True, next_step=f"run `{EVICTION_COMMAND}` with more samples")
