@@ -18,6 +18,7 @@ DEFAULT_METHOD = "streaming_llm"
 DEFAULT_START_SIZE = 4
 DEFAULT_RECENT_SIZE = 252  # the seed's cache: 4 sinks + 252 recent = 256 entries
 DEFAULT_CHUNK_SIZE = 512
+FULL_CHUNK = "full"  # chunk_size=full (method=dense): one plain forward per document, no cache
 # The project's attention kernel (float32 softmax): the reference other kernels are measured against.
 REFERENCE_KERNEL = "lm_eval_streaming"
 DTYPE_NAMES = ("float32", "bfloat16", "float16")

@@ -277,3 +277,36 @@ def test_experiment_config_grids_position_shift_and_one_call(tmp_path):
                     "position_shift: sometimes\n")
     with pytest.raises(ConfigError, match="position_shift"):
         load_config(path)
+
+
+# ---------------------------------------------------------------- lm-eval: chunk_size=full
+def test_lm_eval_adapter_chunk_size_full_is_one_plain_forward(tiny_model_dirs):
+    from transformers import AutoModelForCausalLM
+
+    from lm_eval_streaming.harness.model import StreamingHFLM
+
+    path = str(tiny_model_dirs["llama"])
+    ids = [_ids(50, seed=7), _ids(33, seed=8)]
+    full = StreamingHFLM(pretrained=path, device="cpu", method="dense", chunk_size="full", batch_size=2)
+    chunked = StreamingHFLM(pretrained=path, device="cpu", method="dense", chunk_size=8)
+    plain = AutoModelForCausalLM.from_pretrained(path).eval()
+    for a, b, seq in zip(full._score(ids, "full", True), chunked._score(ids, "chunked", True), ids):
+        assert (a.nll.double() - plain_forward_nll(plain, seq)).abs().max() < 1e-4
+        assert (a.nll - b.nll).abs().max() < 1e-4
+    assert full.get_model_info()["streaming_chunk_size"] == "full"
+    assert "chunk_size=full" in full.cache_fingerprint() and "chunk_size=8" in chunked.cache_fingerprint()
+
+
+def test_lm_eval_adapter_refuses_chunk_size_full_for_a_cache_method_before_loading():
+    from lm_eval_streaming.harness.model import StreamingHFLM
+
+    with pytest.raises(StreamingArgError, match="chunk_size=full .*method=streaming_llm"):
+        StreamingHFLM(pretrained="/nonexistent/never/loaded", method="streaming_llm", chunk_size="full")
+
+
+def test_run_identity_reads_chunk_size_full():
+    from lm_eval_streaming.records.identity import run_identity
+
+    ident = run_identity({"config": {"model": "streaming_hf", "model_args": "method=dense,chunk_size=full",
+                                     "streaming_method": "dense", "streaming_chunk_size": "full"}})
+    assert ident["chunk_size"] == "full" and ident["method"] == "dense"

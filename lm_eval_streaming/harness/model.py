@@ -21,12 +21,13 @@ from lm_eval_streaming.core.attention import REFERENCE_KERNEL, check_attention_n
 from lm_eval_streaming.errors import install_excepthook
 from lm_eval_streaming.core.generation import generate_batch, generation_config
 from lm_eval_streaming.core.loading import canonical_model_id, check_model_id, files_digest
-from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, as_int, resolve_device
+from lm_eval_streaming.options import (DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, FULL_CHUNK, as_int,
+                                       resolve_device)
 from lm_eval_streaming.options import StreamingArgError
 from lm_eval_streaming.core.methods import policy_for
 from lm_eval_streaming.harness.scores import CONTEXT_BUCKETS, RollingResult, context_bucket
-from lm_eval_streaming.core.scoring import (Diagnostics, ScoredTokens, available_bytes, check_kernel, estimate_bytes, input_device,
-                      resolve_kernel, score_sequences)
+from lm_eval_streaming.core.scoring import (Diagnostics, ScoredTokens, available_bytes, check_kernel, check_one_call,
+                                            estimate_bytes, input_device, resolve_kernel, score_sequences)
 
 logger = logging.getLogger(__name__)
 install_excepthook()
@@ -135,7 +136,11 @@ class StreamingHFLM(HFLM):
         # evict_every / position_shift: options of the methods that take them (None: the method's default)
         self.policy = policy_for(str(method), start_size, recent_size, evict_every=evict_every,
                                  position_shift=position_shift)
-        self.chunk_size = as_int("chunk_size", chunk_size, 1)
+        # chunk_size=full (method=dense): each document in one plain forward, no cache (the seed's baseline);
+        # self.chunk_size then bounds the log-softmax steps and a generation prompt's chunks
+        self.one_call = isinstance(chunk_size, str) and chunk_size.strip().lower() == FULL_CHUNK
+        check_one_call(self.policy, self.one_call)
+        self.chunk_size = DEFAULT_CHUNK_SIZE if self.one_call else as_int("chunk_size", chunk_size, 1)
         _check_batch_size(kwargs.get("batch_size", 1))
         check_kernel(self.policy, attn_implementation)
         check_attention_name(attn_implementation)
@@ -157,6 +162,11 @@ class StreamingHFLM(HFLM):
         self.diagnostics = Diagnostics()
         self._warned_positions = False
 
+    @property
+    def recorded_chunk_size(self):
+        """``"full"`` for one plain forward per document, else the chunk size."""
+        return FULL_CHUNK if self.one_call else self.chunk_size
+
     # ---------------------------------------------------------------- helpers
     def _batch_for(self, sequences: list[list[int]]) -> int:
         """Documents per forward: the user's batch size, or with ``auto`` the most that the memory
@@ -168,7 +178,8 @@ class StreamingHFLM(HFLM):
         free = available_bytes(input_device(self.model)) // 2
         batch = 1
         while batch < min(len(sequences), self.max_batch_size) and \
-                estimate_bytes(self.model, self.policy, longest, 2 * batch, self.chunk_size) <= free:
+                estimate_bytes(self.model, self.policy, longest, 2 * batch, self.chunk_size, self.one_call,
+                               self.kernel) <= free:
             batch *= 2
         batch = min(batch, len(sequences), self.max_batch_size)
         logger.info("batch_size=%s: %d documents per forward (%d tokens, memory estimate)", bs, batch, longest)
@@ -216,7 +227,7 @@ class StreamingHFLM(HFLM):
                 + (f"files={files_digest(self.pretrained_id)} " if local else f"revision={self.revision} ")
                 + f"sha={sha} tokenizer={tok_source} tokenizer_content={_tokenizer_digest(self.tokenizer)} "
                 f"dtype={dtype} device={input_device(self.model)} method={self.policy.method} {policy} "
-                f"chunk_size={self.chunk_size} attn_implementation={self.kernel} "
+                f"chunk_size={self.recorded_chunk_size} attn_implementation={self.kernel} "
                 f"prefix_token_id={self.prefix_token_id} add_bos_token={self.add_bos_token} "
                 f"max_gen_toks={self.max_gen_toks} args={others or '-'}")
 
@@ -255,7 +266,8 @@ class StreamingHFLM(HFLM):
                     bar.update(new)
 
                 for j, scored in zip(idx, score_sequences(self.model, batch, self.policy, self.chunk_size,
-                                                          self.diagnostics, progress, self.kernel)):
+                                                          self.diagnostics, progress, self.kernel,
+                                                          one_call=self.one_call)):
                     results[j] = scored
         return results
 
@@ -395,7 +407,7 @@ class StreamingHFLM(HFLM):
             streaming_recent_size=self.policy.recent_size,
             streaming_evict_every=getattr(self.policy, "evict_every", None),
             streaming_position_shift=getattr(self.policy, "position_shift", None),
-            streaming_chunk_size=self.chunk_size,
+            streaming_chunk_size=self.recorded_chunk_size,
             streaming_attn_implementation=self.kernel,
             # What actually ran (lm-eval records the requested device and the pretrained string as given).
             streaming_pretrained=canonical_model_id(self.pretrained_id),

@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 from lm_eval_streaming.default_model import DEFAULT_MODEL_NAME, checkpoint_name, is_default
-from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, DEFAULT_METHOD, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, as_int
+from lm_eval_streaming.options import (DEFAULT_CHUNK_SIZE, DEFAULT_METHOD, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, FULL_CHUNK,
+                                       as_int)
 
 HF_MODELS = ("hf", "hf-auto", "huggingface")
 STREAMING_MODEL = "streaming_hf"
@@ -151,8 +152,9 @@ def run_identity(data: dict) -> dict:
     elif lm_model == STREAMING_MODEL or not lm_model:
         method = str(config.get("streaming_method") or args.get("method") or DEFAULT_METHOD)
         start, recent, full = _sizes(method, config, args)
-        chunk = _first_int("chunk_size", config.get("streaming_chunk_size"), args.get("chunk_size"),
-                           default=DEFAULT_CHUNK_SIZE)
+        given = config.get("streaming_chunk_size") or args.get("chunk_size")
+        chunk = FULL_CHUNK if str(given).strip().lower() == FULL_CHUNK else _first_int(
+            "chunk_size", config.get("streaming_chunk_size"), args.get("chunk_size"), default=DEFAULT_CHUNK_SIZE)
         attn = config.get("streaming_attn_implementation") or args.get("attn_implementation")
         suffix = method if full or recent is None else f"{method}-s{start}-r{recent}"
     else:
