@@ -42,3 +42,124 @@ def test_stop_strings_end_generation():
     cut = generate(model, [1, 2, 3], policy_for("streaming_llm", 2, 8), 10,
                    decode=lambda t: " ".join(map(str, t)), stop=[stop], eos_token_id=None)
     assert cut == full[: len(cut)] and len(cut) <= full.index(full[2]) + 1
+
+
+# ---------------------------------------------------------------- transformers' options, batching
+# References: plain transformers ``model.generate`` (its own cache, loop and processors) on the same tiny model.
+import pytest  # noqa: E402
+
+from lm_eval_streaming.core.generation import GenerationOptionError, generate_batch  # noqa: E402
+from lm_eval_streaming.core.methods import method_names  # noqa: E402
+
+PROMPTS = [[5, 17, 42, 7, 99, 3], [1, 2, 3], [8, 9, 10, 11, 12, 13, 14, 15, 16], [400, 12],
+           [7, 7, 7, 7, 7, 7, 7], [31, 41, 59, 26, 53, 58, 97, 93, 23, 84, 62], [2], [600, 500, 400, 300]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = make_model("llama", vocab=1000)
+    model.generation_config.eos_token_id = None  # random weights: run to max_new_tokens unless a test sets one
+    return model
+
+
+def _hf(model, prompt, **options):
+    with torch.no_grad():
+        return model.generate(torch.tensor([prompt]), pad_token_id=0, **options)[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("method", ["dense", "streaming_llm"])
+def test_top_k_1_sampling_is_greedy(tiny, method):
+    policy = policy_for(method, 4, 200)  # cache larger than the text: equals dense
+    for prompt in PROMPTS[:4]:
+        greedy = _hf(tiny, prompt, max_new_tokens=12, do_sample=False)
+        torch.manual_seed(1)
+        got = generate_batch(tiny, [prompt], policy, {"do_sample": True, "temperature": 1.0, "top_k": 1,
+                                                      "max_new_tokens": 12}, chunk_size=4)[0]
+        assert got == greedy
+
+
+def test_sampling_without_top_k_1_is_not_greedy(tiny):
+    """The test above can fail: sampling at temperature 1 from the whole distribution leaves greedy."""
+    greedy = _hf(tiny, PROMPTS[0], max_new_tokens=12, do_sample=False)
+    torch.manual_seed(1)
+    got = generate_batch(tiny, [PROMPTS[0]], policy_for("dense"), {"do_sample": True, "temperature": 1.0,
+                                                                   "top_k": 0, "max_new_tokens": 12})[0]
+    assert got != greedy
+
+
+@pytest.mark.parametrize("method", ["dense", "streaming_llm"])
+def test_repetition_penalty_equals_model_generate(tiny, method):
+    policy = policy_for(method, 4, 200)
+    changed = False
+    for prompt in PROMPTS[:4]:
+        ref = _hf(tiny, prompt, max_new_tokens=16, do_sample=False, repetition_penalty=1.3)
+        got = generate_batch(tiny, [prompt], policy, {"max_new_tokens": 16, "repetition_penalty": 1.3},
+                             chunk_size=4)[0]
+        assert got == ref
+        changed |= ref != _hf(tiny, prompt, max_new_tokens=16, do_sample=False)
+    assert changed, "the penalty changed no continuation: the test proves nothing"
+
+
+def test_seeded_sampling_equals_model_generate(tiny):
+    """Same processors (top_k 50, temperature, top_p), same draws from torch's generator: same samples."""
+    for seed in range(3):
+        options = {"do_sample": True, "temperature": 0.9, "top_p": 0.95, "max_new_tokens": 12}
+        torch.manual_seed(seed)
+        ref = _hf(tiny, PROMPTS[0], **options)
+        torch.manual_seed(seed)
+        assert generate_batch(tiny, [PROMPTS[0]], policy_for("dense"), options)[0] == ref
+
+
+def test_min_new_tokens_and_eos(tiny):
+    prompt = PROMPTS[0]
+    eos = _hf(tiny, prompt, max_new_tokens=1, do_sample=False)[0]  # the greedy first token ends the text
+    policy = policy_for("streaming_llm", 2, 4)
+    assert generate_batch(tiny, [prompt], policy, {"max_new_tokens": 12, "eos_token_id": eos})[0] == [eos]
+    ref = _hf(tiny, prompt, max_new_tokens=12, do_sample=False, eos_token_id=eos, min_new_tokens=5)
+    got = generate_batch(tiny, [prompt], policy_for("dense"), {"max_new_tokens": 12, "eos_token_id": eos,
+                                                               "min_new_tokens": 5})[0]
+    assert got == ref and len(got) >= 5 and eos not in got[:5]
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_batch_of_8_equals_one_at_a_time(tiny, method):
+    """Prompts of different lengths in one batch: every row continues as it does alone, for every method
+    (a small cache, so eviction happens during prefill and generation)."""
+    policy = policy_for(method, 2, 6)
+    options = {"max_new_tokens": 10, "repetition_penalty": 1.2, "min_new_tokens": 3, "eos_token_id": 5}
+    alone = [generate_batch(tiny, [p], policy, options, chunk_size=4)[0] for p in PROMPTS]
+    assert generate_batch(tiny, PROMPTS, policy, options, chunk_size=4) == alone
+
+
+def test_batch_with_large_cache_equals_model_generate(tiny):
+    policy = policy_for("streaming_llm", 4, 200)
+    got = generate_batch(tiny, PROMPTS, policy, {"max_new_tokens": 10}, chunk_size=4)
+    assert got == [_hf(tiny, p, max_new_tokens=10, do_sample=False) for p in PROMPTS]
+
+
+def test_stop_strings_end_rows_of_a_batch(tiny):
+    decode = lambda t: " ".join(map(str, t))  # noqa: E731
+    full = generate_batch(tiny, PROMPTS[:3], policy_for("dense"), {"max_new_tokens": 10})
+    stop = [decode(full[1][2:4])]  # ends row 1 after its 4th token; the others only if they contain it
+    cut = generate_batch(tiny, PROMPTS[:3], policy_for("dense"), {"max_new_tokens": 10}, decode=decode, stop=stop)
+    assert cut[1] == full[1][:4]
+    for c, f in zip(cut, full):
+        assert c == f[:len(c)]
+
+
+@pytest.mark.parametrize("options,named", [
+    ({"num_beams": 2}, "num_beams=2"),
+    ({"do_sample": True, "num_beams": 3}, "num_beams=3"),
+    ({"penalty_alpha": 0.6, "top_k": 4}, "penalty_alpha=0.6"),
+    ({"num_return_sequences": 2, "do_sample": True}, "num_return_sequences=2"),
+    ({"guidance_scale": 1.5}, "guidance_scale=1.5"),
+    ({"cache_implementation": "static"}, "cache_implementation='static'"),
+    ({"return_dict_in_generate": True}, "return_dict_in_generate"),
+    ({"top_kk": 3}, "top_kk=3"),
+    ({"do_sample": True, "temperature": 0.0}, "`temperature` (=0.0)"),
+])
+def test_options_that_cannot_be_honoured_are_refused_in_one_line(tiny, options, named):
+    with pytest.raises(GenerationOptionError) as err:
+        generate_batch(tiny, [PROMPTS[0]], policy_for("dense"), {"max_new_tokens": 4, **options})
+    message = str(err.value)
+    assert named in message and "\n" not in message

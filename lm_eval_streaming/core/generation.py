@@ -77,6 +77,11 @@ def generation_config(model, options: dict | None = None):
     options = dict(options or {})
     try:
         config, unused = model._prepare_generation_config(None, **options)
+        # the processors validate their own values (e.g. temperature > 0 when sampling)
+        trial = copy.deepcopy(config)
+        model._prepare_special_tokens(trial, None, device=input_device(model))
+        model._get_logits_processor(generation_config=trial, input_ids_seq_length=1,
+                                    logits_processor=LogitsProcessorList(), device=input_device(model))
     except (ValueError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GenerationOptionError(f"generation options {options}: {first}") from None
@@ -144,7 +149,7 @@ def generate_batch(model, contexts: Sequence[Sequence[int]], policy: CachePolicy
     chunk_size = as_int("chunk_size", chunk_size, 1)
     config = generation_config(model, options)
     device = input_device(model)
-    model._prepare_special_tokens(config, False, device=device)
+    model._prepare_special_tokens(config, None, device=device)  # None: no padding to warn about
     options = options or {}
     has_default = (options.get("max_length") is None and max_gen_toks is None
                    and model.generation_config.max_length is None,
