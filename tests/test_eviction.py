@@ -295,3 +295,31 @@ def test_compression_verdict_reads_every_method():
     long = _run([("h2o", 64, -0.5, Interval(-0.6, -0.4))], max_tokens=20000)
     long.rows[0].exceeded_trained_context = True
     assert _criterion([long]).status == UNDECIDED
+
+
+def test_leaderboard_identity_tells_e_and_shift_apart():
+    """Two lm-eval runs that differ only in evict_every or position_shift are two leaderboard rows."""
+    from lm_eval_streaming.records.identity import run_identity
+
+    def ident(args):
+        return run_identity({"config": {"model": "streaming_hf", "model_args": args}})
+
+    base = ident("method=h2o,start_size=4,recent_size=252,evict_every=16")
+    for other in ("method=h2o,start_size=4,recent_size=252,evict_every=64",
+                  "method=h2o,start_size=4,recent_size=252,evict_every=16,position_shift=True",
+                  "method=tova,start_size=4,recent_size=252,evict_every=16"):
+        assert ident(other)["key"] != base["key"], other
+    assert ident("method=h2o,start_size=4,recent_size=252,evict_every=16")["key"] == base["key"]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    ("method=h2o,evict_every=0", "evict_every=0"),
+    ("method=tova,position_shift=maybe", "position_shift='maybe'"),
+    ("method=streaming_llm,evict_every=16", "evict_every=16 does not apply to method=streaming_llm"),
+])
+def test_lm_eval_model_args_checked_before_loading(args, fragment):
+    from lm_eval.api.registry import get_model
+    from lm_eval.utils import simple_parse_args_string
+
+    with pytest.raises(StreamingArgError, match=fragment):
+        get_model("streaming_hf")(pretrained="/nonexistent/model/never/loaded", **simple_parse_args_string(args))
