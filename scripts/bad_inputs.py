@@ -17,7 +17,10 @@ from pathlib import Path
 
 def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     """(name, argv, fragment the message must contain)."""
+    import transformers.utils
     from transformers import GPT2Config, LlamaConfig, LlamaForCausalLM
+
+    flash = transformers.utils.is_flash_attn_2_available()  # the not-installed cases only where it is not
 
     no_tok = tmp / "no_tokenizer"
     LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -52,6 +55,10 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("path that does not exist", lm_eval + ["pretrained=/does/not/exist"], "/does/not/exist"),
         ("checkpoint without tokenizer", lm_eval + [f"pretrained={no_tok}"], "no tokenizer"),
         ("learned absolute positions (GPT-2)", lm_eval + [f"pretrained={gpt2}"], "'gpt2'"),
+        ("unknown attention kernel", lm_eval + ["method=dense,attn_implementation=nonsense"],
+         "attn_implementation='nonsense'"),
+        *([("flash_attention_2 not installed", lm_eval + ["method=dense,attn_implementation=flash_attention_2"],
+            "attn_implementation='flash_attention_2' is not available")] if not flash else []),
         ("benchmark: unknown dtype", cli + ["benchmark", "--dtype", "float8"], "float8"),
         ("benchmark: recent size 0", cli + ["benchmark", "--recent_sizes", "0"], "recent_sizes"),
         ("benchmark: unknown method", cli + ["benchmark", "--method", "sinks", "--max_tokens", "50"], "sinks"),
@@ -62,6 +69,8 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("benchmark: num_warmup -1", cli + ["benchmark", "--num_warmup", "-1"], "num_warmup=-1"),
         ("benchmark: start_size -1", cli + ["benchmark", "--start_size", "-1"], "start_size=-1"),
         ("benchmark: unknown dense kernel", cli + ["benchmark", "--dense_attn", "sdpa,fast"], "dense_attn='fast'"),
+        *([("benchmark: dense kernel not installed", cli + ["benchmark", "--dense_attn", "sdpa,flash_attention_2"],
+            "dense_attn='flash_attention_2' is not available")] if not flash else []),
         ("benchmark: more samples than the data", cli + ["benchmark", "--num_samples", "1000", "--max_tokens",
                                                          "20000"], "num_samples=1000"),
         ("benchmark: missing model path", cli + ["benchmark", "--model_id", "/does/not/exist"], "/does/not/exist"),
@@ -76,6 +85,8 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("experiment: missing field", cli + ["experiment", str(missing_cfg), "--dry-run"], "name"),
         ("experiment: unknown method", cli + ["experiment", str(unknown_cfg), "--dry-run"], "sinks_only"),
         ("experiment: no such file", cli + ["experiment", str(tmp / "nope.yaml")], "nope.yaml"),
+        ("analyze: no such file", cli + ["analyze", str(tmp / "nope.json")], "nope.json"),
+        ("leaderboard: no such folder", cli + ["leaderboard", str(tmp / "no_dir")], "no_dir"),
     ]
 
 

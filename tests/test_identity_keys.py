@@ -255,6 +255,16 @@ def test_leaderboard_keeps_runs_that_differ_in_a_setting_apart(tmp_path, change)
     assert column in table.splitlines()[0]  # shown where rows differ
 
 
+def test_leaderboard_merges_what_changes_no_number(tiny_model_dirs, tmp_path):
+    """fewshot_as_multiturn unset or false, a tokenizer path with or without a slash: one setting."""
+    tok = tiny_model_dirs["llama"]
+    runs = [_results(f"pretrained=smollm2-135m,tokenizer={tok}", 0.25, multiturn=None),
+            _results(f"pretrained=smollm2-135m,tokenizer={tok}/", 0.25, task="tiny_mc2", multiturn=False, date=2e9)]
+    proc = _board(tmp_path, runs)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 runs, 1 rows" in proc.stdout
+
+
 def test_leaderboard_merges_runs_of_one_setting_on_other_tasks_and_dedupes_a_copy(tmp_path):
     margs = "pretrained=smollm2-135m,method=dense"
     runs = [_results(margs, 0.25, shots=2), _results(margs, 0.5, task="tiny_mc2", shots=2, date=1.1e9)]

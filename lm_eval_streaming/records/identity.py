@@ -27,6 +27,8 @@ STREAMING_MODEL = "streaming_hf"
 # Model args that change how a result is computed, not what it is.
 NEUTRAL_ARGS = frozenset({"batch_size", "max_batch_size", "device", "parallelize", "device_map",
                           "max_memory_per_gpu", "max_cpu_memory", "offload_folder", "trust_remote_code"})
+# Model args naming a checkpoint directory or hub id: one spelling each, like the model's.
+PATH_ARGS = frozenset({"tokenizer", "peft", "delta"})
 # Model args read into their own fields below.
 OWN_ARGS = frozenset({"pretrained", "method", "start_size", "recent_size", "chunk_size", "dtype", "revision",
                       "attn_implementation"})
@@ -144,7 +146,7 @@ def run_identity(data: dict) -> dict:
                                  "multiturn" if data.get("fewshot_as_multiturn") is True else ""]).strip("|") or None,
              "gen_kwargs": _canonical_kwargs(config.get("gen_kwargs")),
              "seeds": "/".join(str(config.get(k)) for k in SEEDS) if any(k in config for k in SEEDS) else None,
-             "extra_args": ",".join(f"{k}={v}" for k, v in sorted(args.items())
+             "extra_args": ",".join(f"{k}={model_id(v) if k in PATH_ARGS else v}" for k, v in sorted(args.items())
                                     if k not in NEUTRAL_ARGS | OWN_ARGS) or None}
     if lm_model in HF_MODELS:
         method, start, recent, chunk, suffix = "hf (windowed)", None, None, None, "hf-windowed"
