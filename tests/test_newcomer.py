@@ -12,7 +12,8 @@ import pytest
 
 from lm_eval_streaming.options import StreamingArgError
 
-UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at once, whatever the network
+UNREACHABLE = "http://127.0.0.1:9"
+PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")  # the probe steps aside behind a proxy  # the discard port: connection refused at once, whatever the network
 
 
 def _unreachable(monkeypatch, cache):
@@ -21,7 +22,8 @@ def _unreachable(monkeypatch, cache):
     monkeypatch.setattr(constants, "ENDPOINT", UNREACHABLE)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for key in ("HF_HUB_OFFLINE", *PROXIES):
+        monkeypatch.delenv(key, raising=False)
 
 
 def test_unreachable_hub_fails_in_seconds_naming_the_way_out(monkeypatch, tmp_path):
@@ -58,7 +60,7 @@ def test_unreachable_hub_with_the_model_cached_loads_it_offline(monkeypatch, tmp
 
 
 def test_benchmark_with_an_unreachable_hub_id_exits_2_in_seconds(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *PROXIES)}
     env.update(HF_ENDPOINT=UNREACHABLE, HF_HUB_CACHE=str(tmp_path))
     out = subprocess.run([sys.executable, "-m", "lm_eval_streaming.cli", "benchmark", "--model_id",
                           "EleutherAI/pythia-6.9b"], capture_output=True, text=True, env=env, timeout=300)

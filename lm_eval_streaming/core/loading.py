@@ -97,6 +97,8 @@ def check_hub_access(model_id, arg: str = "model_id", revision: str | None = Non
 
     if constants.HF_HUB_OFFLINE:
         return  # transformers reads the local cache only and says so itself
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # the hub is reached through a proxy: a direct connection says nothing
     url = urlsplit(constants.ENDPOINT)
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
