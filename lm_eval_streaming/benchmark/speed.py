@@ -150,11 +150,7 @@ def pythia_model(shape: str, dtype: str, device):
 def memory_plan_table(lengths=(2000, 5000), chunk_size: int = DEFAULT_CHUNK_SIZE, start: int = 4,
                       recent: int = 252) -> list[list]:
     """GiB of weights plus the scoring estimate (KV cache, one layer's scores, a chunk's logits) per shape and
-    dtype, from meta-device models: what a Mac (unified memory) or a GPU must hold; then dense in one call
-    (``@full``, the seed's plain forward, through sdpa) and what the kernel checks add at the longest length
-    (GiB and share of the weights; before: a float32 copy of the weights)."""
-    from lm_eval_streaming.core.kernel_checks import checks_extra_bytes, float32_copy_bytes
-
+    dtype, from meta-device models: what a Mac (unified memory) or a GPU must hold."""
     rows = []
     for shape in SHAPES:
         for dtype in ("float16", "float32"):
@@ -164,19 +160,36 @@ def memory_plan_table(lengths=(2000, 5000), chunk_size: int = DEFAULT_CHUNK_SIZE
             for n in lengths:
                 for policy in (baseline_policy(), policy_for("streaming_llm", start, recent)):
                     row.append(f"{(weights + estimate_bytes(model, policy, n, 1, chunk_size)) / 2**30:.2f}")
-                full = estimate_bytes(model, baseline_policy(), n, 1, chunk_size, one_call=True, kernel="sdpa")
-                row.append(f"{(weights + full) / 2**30:.2f}")
-            checks, copy = checks_extra_bytes(model, max(lengths), 1, chunk_size), float32_copy_bytes(model)
-            row += [f"+{checks / 2**30:.2f} ({checks / weights:.0%})", f"+{copy / 2**30:.2f} ({copy / weights:.0%})"]
             rows.append(row)
     return rows
 
 
-def memory_plan_headers(lengths, start: int, recent: int) -> list[str]:
+def checks_plan_table(lengths=(2000, 5000), chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[list]:
+    """Per shape and dtype: GiB of dense in one call (``@full``, the seed's plain forward, through sdpa) and what
+    the kernel checks add (GiB and share of the weights) per length; last, what they added before (a float32 copy
+    of the weights)."""
+    from lm_eval_streaming.core.kernel_checks import checks_extra_bytes, float32_copy_bytes
+
+    rows = []
+    for shape in SHAPES:
+        for dtype in ("float16", "float32"):
+            model = pythia_model(shape, dtype, "meta")
+            weights = sum(p.numel() * p.element_size() for p in model.parameters())
+            row = [shape, dtype, f"{weights / 2**30:.2f}"]
+            for n in lengths:
+                full = estimate_bytes(model, baseline_policy(), n, 1, chunk_size, one_call=True, kernel="sdpa")
+                checks = checks_extra_bytes(model, n, 1, chunk_size)
+                row += [f"{(weights + full) / 2**30:.2f}", f"+{checks / 2**30:.2f} ({checks / weights:.0%})"]
+            copy = float32_copy_bytes(model)
+            rows.append(row + [f"+{copy / 2**30:.2f} ({copy / weights:.0%})"])
+    return rows
+
+
+def checks_plan_headers(lengths) -> list[str]:
     heads = ["model", "dtype", "weights"]
     for n in lengths:
-        heads += [f"dense {n} tok", f"streaming {start}+{recent} {n} tok", f"dense@full {n} tok"]
-    return heads + [f"kernel checks add ({max(lengths)} tok)", "float32 copy (checks before)"]
+        heads += [f"dense@full {n} tok", f"kernel checks add {n} tok"]
+    return heads + ["float32 copy (checks before)"]
 
 
 def random_model(shape: str, dtype: str, device: str | None):
@@ -255,8 +268,13 @@ def run(args) -> int:
         lengths = (2000, 5000)
         print("\nmemory plan (GiB, computed from the shapes: weights + KV cache + one layer's scores + a chunk's "
               f"logits; chunk_size={args.chunk_size})")
-        heads = memory_plan_headers(lengths, args.start_size, args.recent_size)
+        heads = ["model", "dtype", "weights"] + [f"{m} {n} tok" for n in lengths
+                                                 for m in ("dense", f"streaming {args.start_size}+{args.recent_size}")]
         print(tabulate(memory_plan_table(lengths, args.chunk_size, args.start_size, args.recent_size), headers=heads,
+                       tablefmt="github"))
+        print("\nmemory plan, dense in one call (@full, sdpa) and the kernel checks (GiB, computed from the shapes; "
+              "the checks make no copy of the weights)")
+        print(tabulate(checks_plan_table(lengths, args.chunk_size), headers=checks_plan_headers(lengths),
                        tablefmt="github"))
         if sections == ["plan"]:
             return 0
