@@ -57,6 +57,13 @@ def _row_style(row: Row, label: str, labels) -> dict:
     return {"color": method_color(method_key(row))}
 
 
+def _marker(label: str) -> str:
+    """Cache sizes of one method share its colour; the marker tells them apart (the seed's 252: a circle)."""
+    found = re.search(r"\+(\d+)\)", label)
+    size = int(found.group(1)) if found else 252
+    return {252: "o", 124: "v", 508: "^", 1020: "s"}.get(size, "D")
+
+
 def _dense_style(label: str, labels) -> dict:
     dense = sorted(x for x in labels if x.startswith("dense"))
     return DENSE_STYLES[dense.index(label) % len(DENSE_STYLES)] if label in dense else {}
@@ -167,7 +174,7 @@ def ppl_vs_length(runs: list[Run], outdir: Path) -> list[Path]:
             pts = sorted((n, _mean(v)) for n, v in lines[(label, spec)].items())
             name = label if len(specs) < 2 else f"{label} [{spec.split(':')[-1] or 'old samples'}]"
             style = {"markerfacecolor": "none"} if specs.index(spec) else {}
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=_marker(label), label=name,
                     **(_dense_style(label, labels) if label.startswith("dense") else
                        {"color": method_color(kinds[label])}), **style)
         lengths = [r.max_tokens for r in rs]

@@ -75,7 +75,7 @@ def extrapolation(d: Data) -> Hypothesis:
                                     f"by {signed(jump)} nats beyond 1.1x (threshold {d.tol})", key=True,
                                     short=f"dense minus streaming {signed(m('d_below') - m('s_below'))} below 0.9x, "
                                           f"{signed(m('d_beyond') - m('s_beyond'))} beyond 1.1x: grows by "
-                                          f"{signed(jump)} nats ({n_long} runs)",
+                                          f"{signed(jump)} nats ({n_long} run(s))",
                                     outcome=None if jump > d.tol else "dense does not degrade past the trained context"))
         s_change, d_change = m("s_beyond") - m("s_below"), m("d_beyond") - m("d_below")
         limit = max(d.tol, 0.25 * max(d_change, 0.0))
@@ -129,7 +129,7 @@ def _ablation(d: Data) -> Criterion:
                      f"{fmt(m('s_below'))} (dense {fmt(m('d_below'))}); its gap to streaming grows by {signed(grow)} "
                      f"beyond 1.1x ({share} {signed(dense_grow)}; threshold {d.tol})", key=True,
                      short=f"position_shift=false minus streaming grows by {signed(grow)} beyond 1.1x (dense "
-                           f"{signed(dense_grow)}; {n_long} runs)",
+                           f"{signed(dense_grow)}; {n_long} run(s))",
                      outcome=None if grow > d.tol else "the same cache at true distances does not degrade")
 
 

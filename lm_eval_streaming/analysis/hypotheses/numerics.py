@@ -201,7 +201,7 @@ def numerical(d: Data) -> Hypothesis:
     broken = [j for j in judgements if j.status == BROKEN]
     short = ((f"broken: {listing(broken, with_lengths=False)}; " if broken else "")
              + ", ".join(f"{n} {st}" for st, n in counts.items() if n)  # never "0 clean" where nothing was
-             + f" of {len(judgements)} device/dtype/kernels measured here")
+             + f" of {len(judgements)} device/dtype/kernels")
     h.criteria.append(Criterion("measured kernel error, causality probe and NaN/Inf of each dense kernel", status,
                                 evidence, key=True, outcome=outcome, short=short, see="Numerics per dense kernel",
                                 next_step=run_next("hardware") if status == UNDECIDED else None))
