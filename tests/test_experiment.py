@@ -450,6 +450,7 @@ def test_real_kill_and_resume_gives_the_uninterrupted_results(tiny_model_dirs, t
                 for row in r.rows}
 
     resumed_scores, uninterrupted = scores(killed), scores(clean)
-    assert len(uninterrupted) == 3 * 4 and resumed_scores.keys() == uninterrupted.keys()
+    # 3 cells x 5 rows (dense default, default@full, lm_eval_streaming; 2 cache sizes)
+    assert len(uninterrupted) == 3 * 5 and resumed_scores.keys() == uninterrupted.keys()
     for key, value in uninterrupted.items():
         assert resumed_scores[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
