@@ -116,3 +116,21 @@ def test_plan_weights_match_the_pythia_shapes():
         assert float(weights) == pytest.approx(nbytes / 2**30, abs=0.006), (name, dtype)
         assert stream_2k == stream_5k  # a streaming cache does not grow with the document
         assert float(weights) < float(stream_2k) < float(dense_2k) < float(dense_5k)
+
+
+def test_eviction_section_kv_flat_and_bounded(small_model_dir):
+    """The eviction table through the real command: one row per (method, E), peak KV the same at both
+    lengths, and exactly start + recent + E entries for the score-based methods (streaming_llm: start + recent)."""
+    start, recent, chunk, lengths, every = 2, 6, 4, (30, 45), (1, 8)  # lengths >= start + recent + 2 * 8
+    out = speed("--model_id", small_model_dir, "--only", "eviction", "--start_size", start, "--recent_size", recent,
+                "--chunk_size", chunk, "--eviction_lengths", ",".join(map(str, lengths)),
+                "--eviction_every", ",".join(map(str, every)))
+    rows = table(out, "score-based eviction beside streaming_llm")
+    assert [(r[0], r[1]) for r in rows] == [("streaming_llm", "")] + [
+        (m, str(e)) for m in ("h2o", "tova", "knorm") for e in every]
+    for method, every, ms, *kv in rows:
+        assert float(ms) > 0
+        assert kv[0] == kv[1], (method, every, kv)
+        # score-based: measured before each pruning (the kept + up to E new); streaming_llm: after its chunk's eviction
+        entries = start + recent + (int(every) if every else 0)
+        assert float(kv[0]) == pytest.approx(entries * KV_BYTES_PER_TOKEN / 2**20, abs=0.006), (method, every)

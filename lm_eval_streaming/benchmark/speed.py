@@ -4,7 +4,9 @@
 2. ``memory``: peak memory vs document length, streaming and dense;
 3. ``generation``: per-token latency as the generated text grows past the cache size;
 4. ``numerics``: what the kernel error and the causality probe cost next to scoring dense once;
-5. ``plan``: memory that Pythia 70M / 410M / 6.9B need per dtype (computed from the shapes, no weights loaded).
+5. ``plan``: memory that Pythia 70M / 410M / 6.9B need per dtype (computed from the shapes, no weights loaded);
+6. ``eviction``: h2o, tova, knorm at evict_every E = 1, 16, 64 beside streaming_llm: ms/token and peak KV cache
+   vs document length (docs/eviction.md).
 """
 
 from __future__ import annotations
@@ -93,6 +95,30 @@ def memory_table(model, tokenizer, lengths, chunk_size, start, recent, dense_max
             cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
             rows.append([policy.method, n, f"{diag.peak_kv_bytes / 2**20:.1f}", f"{(rss.peak - base) / 2**20:.0f}",
                          "" if cuda is None else f"{cuda:.0f}", f"{elapsed:.1f}"])
+    return rows
+
+
+EVICTION_METHODS = ("streaming_llm", "h2o", "tova", "knorm")
+
+
+def eviction_table(model, tokenizer, lengths, chunk_size, start, recent, evict_every=(1, 16, 64)) -> list[list]:
+    """Per (method, E): ms/token on the longest document and the peak KV cache at every length (flat once the
+    document is longer than the cache: at most start + recent + E entries)."""
+    docs = {n: load_samples(tokenizer, n, 1)[0] for n in lengths}
+    longest = max(lengths)
+    rows = []
+    for method in EVICTION_METHODS:
+        for every in evict_every if method != "streaming_llm" else (None,):
+            policy = policy_for(method, start, recent, evict_every=every)
+            score_sequences(model, [docs[min(lengths)][:chunk_size + 1]], policy, chunk_size)  # warm-up
+            peaks, ms = [], None
+            for n in lengths:
+                diag = Diagnostics()
+                elapsed, _ = _timed(lambda: score_sequences(model, [docs[n]], policy, chunk_size, diag))
+                peaks.append(f"{diag.peak_kv_bytes / 2**20:.2f}")
+                if n == longest:
+                    ms = 1000 * elapsed / (n - 1)
+            rows.append([method, "" if every is None else every, f"{ms:.2f}", *peaks])
     return rows
 
 
@@ -222,21 +248,26 @@ def add_parser(subparsers):
                    help="memory table: comma list of document lengths")
     p.add_argument("--dense_max_tokens", type=int, default=None,
                    help="skip dense in the memory table above this length (its time grows quadratically)")
+    p.add_argument("--eviction_lengths", default="300,1200",
+                   help="eviction section: document lengths (ms/token timed on the longest; E=1 runs one "
+                        "forward per token, so keep them short on a CPU)")
+    p.add_argument("--eviction_every", default="1,16,64", help="eviction section: the evict_every values")
     p.add_argument("--gen_tokens", type=int, default=768, help="generation table: tokens generated")
     p.add_argument("--gen_block", type=int, default=128,
                    help="generation table: per-token latency reported per block of this many tokens")
     p.add_argument("--dtype", default="float32", choices=list(DTYPE_NAMES), help="model dtype")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--skip", default="", help=f"comma list of sections to skip: {', '.join(SECTIONS)}")
-    p.add_argument("--only", default=None, help="comma list of sections to run (default: all but plan)")
+    p.add_argument("--only", default=None,
+                   help="comma list of sections to run (default: all but plan and eviction, which is slow on a CPU)")
     return p
 
 
-SECTIONS = ("speed", "memory", "generation", "numerics", "plan")
+SECTIONS = ("speed", "memory", "generation", "numerics", "plan", "eviction")
 
 
 def _sections(args) -> list[str]:
-    chosen = args.only.split(",") if args.only else [s for s in SECTIONS if s != "plan"]
+    chosen = args.only.split(",") if args.only else [s for s in SECTIONS if s not in ("plan", "eviction")]
     chosen = [s.strip() for s in chosen if s.strip() and s.strip() not in args.skip.split(",")]
     unknown = [s for s in chosen + [x for x in args.skip.split(",") if x] if s not in SECTIONS]
     if unknown:
@@ -250,6 +281,8 @@ def _validate(args) -> None:
                           ("steady_tokens", 1), ("gen_tokens", 1), ("gen_block", 1)):
         setattr(args, name, as_int(name, getattr(args, name), minimum))
     args.memory_lengths = int_list("memory_lengths", args.memory_lengths, 2)
+    args.eviction_lengths = int_list("eviction_lengths", args.eviction_lengths, 2)
+    args.eviction_every = int_list("eviction_every", args.eviction_every, 1)
     args.dense_max_tokens = as_int("dense_max_tokens", args.dense_max_tokens, 1, allow_none=True)
     check_dtype(args.dtype)
     if args.steady_tokens >= args.tokens:
@@ -307,4 +340,11 @@ def run(args) -> int:
         rows = numerics_table(model, tokenizer, args.tokens, args.chunk_size)
         print(f"\ncost of the measured numerics, {args.tokens}-token document, dense")
         print(tabulate(rows, headers=["run", "seconds", "x dense scoring", "result"], tablefmt="github"))
+    if "eviction" not in skip:
+        rows = eviction_table(model, tokenizer, args.eviction_lengths, args.chunk_size, args.start_size,
+                              args.recent_size, args.eviction_every)
+        print(f"\nscore-based eviction beside streaming_llm, cache {args.start_size}+{args.recent_size}, "
+              f"chunk_size={args.chunk_size}: ms/token on {max(args.eviction_lengths)} tokens, peak KV cache")
+        print(tabulate(rows, headers=["method", "evict_every", "ms/token",
+                                      *[f"KV MiB at {n} tok" for n in args.eviction_lengths]], tablefmt="github"))
     return 0
