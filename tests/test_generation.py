@@ -131,6 +131,16 @@ def test_batch_of_8_equals_one_at_a_time(tiny, method):
     assert generate_batch(tiny, PROMPTS, policy, options, chunk_size=4) == alone
 
 
+def test_dense_batch_through_both_kernels_equals_model_generate(tiny):
+    """dense: left padding through the model's attention, lockstep through the project's kernel."""
+    from lm_eval_streaming.core.attention import REFERENCE_KERNEL
+
+    ref = [_hf(tiny, p, max_new_tokens=10, do_sample=False) for p in PROMPTS]
+    for kernel in (None, REFERENCE_KERNEL):
+        assert generate_batch(tiny, PROMPTS, policy_for("dense"), {"max_new_tokens": 10}, chunk_size=4,
+                              attn_implementation=kernel) == ref, kernel
+
+
 def test_batch_with_large_cache_equals_model_generate(tiny):
     policy = policy_for("streaming_llm", 4, 200)
     got = generate_batch(tiny, PROMPTS, policy, {"max_new_tokens": 10}, chunk_size=4)

@@ -8,12 +8,16 @@ the same private builders it calls. Only the decoding loop is ours, because the 
 would run the model's own cache. What the loop cannot do (beam search, assisted decoding, several
 sequences per request, ...) is refused with one line naming the option.
 
-Batching is lockstep: row r's stream is its prompt, then its generated tokens, and at every forward
-each row feeds its own token at the same position. No padding ever enters a live row's cache, so every
-method (whatever its cache keeps) sees exactly the stream it sees alone: batch N = batch 1. Rows with a
-longer prompt keep prefilling, one token per forward, while shorter ones generate; sort requests by
-length (lm-eval's order) to keep that short. Rows with the same prompt length are in step with each
-other: transformers' processors and criteria, which take one prompt length, run on them together.
+Batching, exact for every method, padding where the kernel allows it:
+- the project's kernel (streaming_llm, window, sliding_recompute, score-based eviction, dense through it):
+  lockstep. Row r's stream is its prompt, then its generated tokens, and at every forward each row feeds its
+  own token at the same position, so no padding ever enters a live row's cache and every method (whatever
+  its cache keeps) sees exactly the stream it sees alone. Rows with a longer prompt keep prefilling, one
+  token per forward, while shorter ones generate (the cost of exactness; requests come sorted by length);
+- the model's own attention (dense, the default kernel): left padding masked as ``generate`` pads, so
+  every row generates from the first step (padding never reaches a real token).
+Rows with the same prompt length are in step with each other: transformers' processors and criteria,
+which take one prompt length, run on them together.
 Memory stays constant as the text grows: the cache never holds more than ``start_size + recent_size``
 entries (except for ``dense``).
 """
@@ -26,7 +30,8 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from lm_eval_streaming.core.attention import attention_kernel
+from lm_eval_streaming.core.attention import REFERENCE_KERNEL, attention_kernel
+from lm_eval_streaming.core.cache import cache_nbytes
 from lm_eval_streaming.core.policy import CachePolicy
 from lm_eval_streaming.core.scoring import Diagnostics, input_device, open_session, resolve_kernel
 from lm_eval_streaming.errors import UserError
@@ -168,21 +173,70 @@ def generate_batch(model, contexts: Sequence[Sequence[int]], policy: CachePolicy
     for row, ctx in enumerate(contexts):
         ids[row, :len(ctx)] = torch.as_tensor(list(ctx), dtype=torch.long)
     out: list[list[int]] = [[] for _ in contexts]
-    live = list(groups)
     kernel = resolve_kernel(model, policy, attn_implementation)
+
+    def step(group: _Group, logits: torch.Tensor) -> None:
+        _step(group, ids, logits, config.do_sample, pad, generator, out, decode, stop, on_token)
+
     with attention_kernel(model, kernel):
-        session = open_session(model, policy, diagnostics, kernel)
-        pos = 0
-        while live:
-            # Feed every row up to the first position whose next token is not known yet.
-            end = min(min(g.length for g in live), pos + chunk_size)
-            logits = session.feed(ids[:, pos:end])[:, -1]
-            pos = end
-            for group in [g for g in live if g.length == end]:
-                _step(group, ids, logits, config.do_sample, pad, generator, out, decode, stop, on_token)
-                group.length += 1
-            live = [g for g in live if bool(g.unfinished.any())]
+        if kernel == REFERENCE_KERNEL:
+            _lockstep(open_session(model, policy, diagnostics, kernel), groups, ids, chunk_size, step)
+        else:  # the model's own attention (dense): it takes a padding mask
+            _left_padded(model, groups, ids, [len(c) for c in contexts], chunk_size, pad, diagnostics, step)
     return out
+
+
+def _lockstep(session, groups: list[_Group], ids: torch.Tensor, chunk_size: int, step) -> None:
+    """Every row feeds its own token at the same position (the project's kernel: one set of positions and
+    one cache layout for the batch); a group steps when the feed reaches the end of what it knows."""
+    live, pos = list(groups), 0
+    while live:
+        end = min(min(g.length for g in live), pos + chunk_size)
+        logits = session.feed(ids[:, pos:end])[:, -1]
+        pos = end
+        for group in [g for g in live if g.length == end]:
+            step(group, logits)
+        live = [g for g in live if bool(g.unfinished.any())]
+
+
+def _left_padded(model, groups: list[_Group], ids: torch.Tensor, lengths: list[int], chunk_size: int, pad: int,
+                 diagnostics: Diagnostics | None, step) -> None:
+    """Left padding as ``generate`` pads (pads masked, positions counted from each row's first token), so
+    every row generates from the first step; the prompt in chunks, only the last position's logits."""
+    from transformers import DynamicCache
+
+    batch, width, device = len(lengths), max(lengths), ids.device
+    prompt = torch.full((batch, width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((batch, width), dtype=torch.long, device=device)
+    for row, n in enumerate(lengths):
+        prompt[row, width - n:], mask[row, width - n:] = ids[row, :n], 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+
+    def forward(tokens, upto, pos):
+        logits = model(input_ids=tokens, attention_mask=mask[:, :upto], position_ids=pos, cache=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
+        if diagnostics is not None:
+            diagnostics.max_position = max(diagnostics.max_position, int(pos.max()))
+            diagnostics.peak_kv_bytes = max(diagnostics.peak_kv_bytes, cache_nbytes(cache))
+        return logits
+
+    for start in range(0, width, chunk_size):
+        end = min(start + chunk_size, width)
+        logits = forward(prompt[:, start:end], end, positions[:, start:end])
+    last, live = positions[:, -1:], list(groups)
+    row_of = torch.empty(batch, dtype=torch.long, device=device)
+    while True:
+        for group in live:
+            step(group, logits)
+        live = [g for g in live if bool(g.unfinished.any())]
+        if not live:
+            return
+        for group in groups:  # each row's newest token (rows of finished groups repeat theirs, ignored)
+            row_of[group.rows] = group.length - 1
+        mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
+        last = last + 1
+        logits = forward(ids[torch.arange(batch, device=device), row_of][:, None], mask.shape[1], last)
 
 
 def _step(group: _Group, ids, logits, do_sample, pad, generator, out, decode, stop, on_token) -> None:
@@ -206,6 +260,7 @@ def _step(group: _Group, ids, logits, do_sample, pad, generator, out, decode, st
             text = decode(out[row])
             done[i] = any(s and s in text for s in stop)
     group.unfinished &= ~done
+    group.length += 1
 
 
 def generate(model, context: list[int], policy: CachePolicy, max_new_tokens: int,
