@@ -249,3 +249,15 @@ def test_one_colour_per_method_across_figures(monkeypatch, tmp_path):
                         colours.setdefault(method, set()).add(line.get_color())
     assert colours == {"streaming_llm": {plots.METHOD_COLORS["streaming_llm"]},
                        "window": {plots.METHOD_COLORS["window"]}}
+
+
+def test_position_figure_prefers_the_run_with_more_samples(monkeypatch, tmp_path):
+    def nll(shift):
+        return lambda model, method, recent, kernel, pos, args: 3.0 + (1.5 if method == "dense" and pos >= shift else 0)
+
+    one = make_run("smollm2-135m", nll(10240), max_tokens=12000, trained_context=8192, num_samples=1, cell_key="a")
+    three = make_run("smollm2-135m", nll(8192), max_tokens=12000, trained_context=8192, num_samples=3, cell_key="b")
+    for runs in ([one, three], [three, one]):
+        [ax] = _drawn(monkeypatch, plots.nll_vs_position, runs, tmp_path)
+        # the 3-sample run's dense jumps at 8192 (a curve bucket edge): its line and its critical point are drawn
+        assert "critical point 8192 (1.00x)" in _legend(ax)

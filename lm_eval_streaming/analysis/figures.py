@@ -235,6 +235,7 @@ def nll_vs_position(runs: list[Run], outdir: Path, tol: float = TOLERANCE) -> li
         # the layout with the most samples (its curves are the least noisy), then the most rows
         chosen = max(by_spec.values(), key=lambda group: (max(r.num_samples for r in group),
                                                           sum(len(r.rows) for r in group)))
+        chosen = sorted(chosen, key=lambda r: -r.num_samples)  # a setting in two runs: the one with more samples
         rows = {}  # the same setting in two runs of this length: drawn once
         for row in (row for r in chosen for row in r.rows if row.nll_curve):
             rows.setdefault(_label(row), row)
@@ -249,7 +250,7 @@ def nll_vs_position(runs: list[Run], outdir: Path, tol: float = TOLERANCE) -> li
         line = _context_line(ax, rs, max(xs, default=None))
         _x_to_data(ax, xs + [0], line)
         drawn = set()
-        for cp in critical_points(Data(chosen, tol)):
+        for cp in critical_points(Data(chosen[:1], tol)):  # the run with the most samples
             kind = "dense" if cp.dense.is_dense else "noshift"
             if cp.pooled is not None and kind not in drawn:  # one per kind (one run of this length)
                 drawn.add(kind)
