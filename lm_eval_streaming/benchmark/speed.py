@@ -20,6 +20,7 @@ from lm_eval_streaming.core.attention import REFERENCE_KERNEL, attention_kernel
 from lm_eval_streaming.benchmark.rows import _PeakRSS
 from lm_eval_streaming.core.loading import load_model
 from lm_eval_streaming.benchmark.samples import load_samples
+from lm_eval_streaming.benchmark import generation_speed
 from lm_eval_streaming.core.generation import generate
 from lm_eval_streaming.core.kernel_checks import causality_probe, kernel_error
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, DTYPE_NAMES, as_int, check_dtype, int_list, resolve_device, torch_dtype
@@ -259,15 +260,18 @@ def add_parser(subparsers):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--skip", default="", help=f"comma list of sections to skip: {', '.join(SECTIONS)}")
     p.add_argument("--only", default=None,
-                   help="comma list of sections to run (default: all but plan and eviction, which is slow on a CPU)")
+                   help="comma list of sections to run (default: all but plan, eviction and generation-batch, "
+                        "which are slow on a CPU)")
+    generation_speed.add_arguments(p)
     return p
 
 
-SECTIONS = ("speed", "memory", "generation", "numerics", "plan", "eviction")
+SECTIONS = ("speed", "memory", "generation", "numerics", "plan", "eviction", "generation-batch")
+SLOW_SECTIONS = ("plan", "eviction", "generation-batch")  # run only when named in --only
 
 
 def _sections(args) -> list[str]:
-    chosen = args.only.split(",") if args.only else [s for s in SECTIONS if s not in ("plan", "eviction")]
+    chosen = args.only.split(",") if args.only else [s for s in SECTIONS if s not in SLOW_SECTIONS]
     chosen = [s.strip() for s in chosen if s.strip() and s.strip() not in args.skip.split(",")]
     unknown = [s for s in chosen + [x for x in args.skip.split(",") if x] if s not in SECTIONS]
     if unknown:
@@ -310,6 +314,15 @@ def run(args) -> int:
         print(tabulate(checks_plan_table(lengths, args.chunk_size), headers=checks_plan_headers(lengths),
                        tablefmt="github"))
         if sections == ["plan"]:
+            return 0
+    if "generation-batch" in sections:  # lm-eval's hf and streaming_hf load the checkpoint themselves
+        from lm_eval_streaming import default_model
+
+        pretrained = str(default_model.ensure_default_model(progress=False)) \
+            if default_model.is_default(args.model_id) else args.model_id
+        generation_speed.run_table(args, pretrained)
+        sections = [s for s in sections if s != "generation-batch"]
+        if not sections:
             return 0
     if args.shape:
         model, tokenizer = random_model(args.shape, args.dtype, args.device)
