@@ -23,7 +23,7 @@ PYTHIA_TOKENIZER_HUB_ID = "EleutherAI/gpt-neox-20b"
 TOKENIZER_ENV = "LM_EVAL_STREAMING_TOKENIZER"
 # Where a source checkout keeps a copy (tests/ is not installed with the package).
 _CHECKOUT_TOKENIZER = (
-    Path(__file__).resolve().parent.parent / "tests" / "data" / "gpt-neox-20b" / "tokenizer.json"
+    Path(__file__).resolve().parents[2] / "tests" / "data" / "gpt-neox-20b" / "tokenizer.json"
 )
 
 
