@@ -202,7 +202,8 @@ def _lockstep(session, groups: list[_Group], ids: torch.Tensor, chunk_size: int,
 def _left_padded(model, groups: list[_Group], ids: torch.Tensor, lengths: list[int], chunk_size: int, pad: int,
                  diagnostics: Diagnostics | None, step) -> None:
     """Left padding as ``generate`` pads (pads masked, positions counted from each row's first token), so
-    every row generates from the first step; the prompt in chunks, only the last position's logits."""
+    every row generates from the first step; the prompt in chunks, only the last position's logits. A row
+    that has finished leaves the batch (``generate`` would keep feeding it padding)."""
     from transformers import DynamicCache
 
     batch, width, device = len(lengths), max(lengths), ids.device
@@ -226,18 +227,27 @@ def _left_padded(model, groups: list[_Group], ids: torch.Tensor, lengths: list[i
         logits = forward(prompt[:, start:end], end, positions[:, start:end])
     last, live = positions[:, -1:], list(groups)
     row_of = torch.empty(batch, dtype=torch.long, device=device)
+    active = torch.arange(batch, device=device)  # rows still fed: finished rows leave the batch and the cache
+    alive = torch.ones(batch, dtype=torch.bool, device=device)
     while True:
         for group in live:
             step(group, logits)
         live = [g for g in live if bool(g.unfinished.any())]
         if not live:
             return
-        for group in groups:  # each row's newest token (rows of finished groups repeat theirs, ignored)
+        for group in groups:  # each row's newest token, and whether it still generates
             row_of[group.rows] = group.length - 1
-        mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
+            alive[group.rows] = group.unfinished
+        keep = alive[active]
+        if not bool(keep.all()):
+            kept = keep.nonzero().squeeze(1)
+            active, mask, last = active[kept], mask[kept], last[kept]
+            cache.batch_select_indices(kept)
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
         last = last + 1
-        logits = forward(ids[torch.arange(batch, device=device), row_of][:, None], mask.shape[1], last)
-
+        fed = forward(ids[active, row_of[active]][:, None], mask.shape[1], last)
+        logits = fed.new_zeros((batch, fed.shape[-1]))
+        logits[active] = fed
 
 def _step(group: _Group, ids, logits, do_sample, pad, generator, out, decode, stop, on_token) -> None:
     """One generation step of one group, as transformers' sampling loop takes it."""
