@@ -140,7 +140,8 @@ def test_same_verdict_as_the_benchmark_path(tiny_model_dirs, tmp_path):
 
     from lm_eval.tasks import TaskManager
     from lm_eval_streaming.analysis.verdict import analyze
-    from lm_eval_streaming.benchmark.rows import score_row, set_deltas
+    from lm_eval_streaming.benchmark.rows import score_row
+    from lm_eval_streaming.records.metrics import set_deltas
     from lm_eval_streaming.core.methods import policy_for
     from lm_eval_streaming.records import Run
 

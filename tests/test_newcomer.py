@@ -99,8 +99,6 @@ print("torch" in sys.modules, usage.ru_utime + usage.ru_stime)
 def test_help_imports_no_torch_and_takes_under_a_second(command):
     """CPU seconds of the whole process (interpreter start included): wall time on a machine shared by many
     jobs says more about the others than about us."""
-    if command == "speed":
-        pytest.xfail("benchmark/speed.py decorates its tables with torch.no_grad at import (left to its owner)")
     out = subprocess.run([sys.executable, "-c", HELP_CODE, *([command] if command else [])],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

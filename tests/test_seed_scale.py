@@ -173,7 +173,7 @@ def test_low_precision_checks_make_no_float32_copy_of_the_weights(tiny_model_dir
 
 def test_checks_memory_estimate_is_within_the_budget_for_pythia_6_9b_float16():
     from lm_eval_streaming.benchmark.command import CHECKS_MEMORY_SHARE
-    from lm_eval_streaming.benchmark.speed import pythia_model
+    from lm_eval_streaming.benchmark.speed_tables import pythia_model
     from lm_eval_streaming.core.kernel_checks import checks_extra_bytes, float32_copy_bytes
 
     model = pythia_model("pythia-6.9b", "float16", "meta")

@@ -104,10 +104,8 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
     Every argument is validated before any work; the samples are built (or refused) before the weights
     load. ``model`` / ``tokenizer``: an already loaded model (the experiment runner reuses one)."""
     # torch-heavy, so imported here: ``benchmark --help`` needs no torch
-    from lm_eval_streaming.benchmark.rows import causality_stats, kernel_error_stats, score_row, set_deltas
-
-    # torch-heavy, so imported here: ``benchmark --help`` needs no torch
-    from lm_eval_streaming.benchmark.rows import causality_stats, kernel_error_stats, score_row, set_deltas
+    from lm_eval_streaming.benchmark.rows import causality_stats, kernel_error_stats, score_row
+    from lm_eval_streaming.records.metrics import set_deltas
 
     import torch
     import transformers

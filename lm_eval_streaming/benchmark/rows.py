@@ -12,7 +12,7 @@ import torch
 from lm_eval_streaming.core.attention import REFERENCE_KERNEL
 from lm_eval_streaming.core.kernel_checks import attention_error, causality_probe, kernel_error
 from lm_eval_streaming.records.metrics import bucketize, exceeds_trained_context, position_buckets, position_edges, relative_edges, \
-    set_deltas, t_interval  # noqa: F401  (set_deltas: the paired differences, shared with the lm-eval reader)
+    t_interval
 from lm_eval_streaming.records import CausalityStats, KernelErrorStats, Row
 from lm_eval_streaming.records.run import AttentionLayerError
 from lm_eval_streaming.core.scoring import Diagnostics, ScoredTokens, input_device, resolve_kernel, score_sequences
