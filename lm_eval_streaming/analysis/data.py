@@ -97,14 +97,24 @@ def mean_delta(entries) -> float:
     return mean(e.delta for e in entries)
 
 
+def _benefit_excluded(row: Row, tol: float) -> bool:
+    """The data rule out that streaming is lower by more than ``tol``: the interval's low end (or, with one sample,
+    the point estimate) is above -tol."""
+    ci = row.delta_nll_ci
+    if ci is not None and finite(ci.low):
+        return ci.low >= -tol
+    return finite(row.delta_nll_vs_dense) and row.delta_nll_vs_dense >= -tol
+
+
 def effect(entries, tol: float) -> str:
     """Effect of a group of streaming rows: 'effect' (lower NLL on average, significantly somewhere),
-    'none' (not lower on average) or 'unclear'."""
+    'none' (not lower on average, and a benefit beyond the tolerance excluded in every row) or 'unclear'
+    (e.g. two documents whose interval still allows a benefit: too few to rule it out)."""
     m = mean_delta(entries)
     if math.isnan(m):
         return "unclear"
     if m >= 0:
-        return "none"
+        return "none" if all(_benefit_excluded(e.row, tol) for e in entries) else "unclear"
     return "effect" if any(delta_class(e.row, tol) == "better" for e in entries) else "unclear"
 
 
