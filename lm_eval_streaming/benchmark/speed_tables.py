@@ -151,20 +151,25 @@ def pythia_model(shape: str, dtype: str, device):
         return GPTNeoXForCausalLM(config).to(torch_dtype(dtype)).eval()
 
 
+def _meta_models():
+    """(shape, dtype, meta-device model, weight bytes) for every Pythia shape in float16 and float32."""
+    for shape in SHAPES:
+        for dtype in ("float16", "float32"):
+            model = pythia_model(shape, dtype, "meta")
+            yield shape, dtype, model, sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def memory_plan_table(lengths=(2000, 5000), chunk_size: int = DEFAULT_CHUNK_SIZE, start: int = 4,
                       recent: int = 252) -> list[list]:
     """GiB of weights plus the scoring estimate (KV cache, one layer's scores, a chunk's logits) per shape and
     dtype, from meta-device models: what a Mac (unified memory) or a GPU must hold."""
     rows = []
-    for shape in SHAPES:
-        for dtype in ("float16", "float32"):
-            model = pythia_model(shape, dtype, "meta")
-            weights = sum(p.numel() * p.element_size() for p in model.parameters())
-            row = [shape, dtype, f"{weights / 2**30:.2f}"]
-            for n in lengths:
-                for policy in (baseline_policy(), policy_for("streaming_llm", start, recent)):
-                    row.append(f"{(weights + estimate_bytes(model, policy, n, 1, chunk_size)) / 2**30:.2f}")
-            rows.append(row)
+    for shape, dtype, model, weights in _meta_models():
+        row = [shape, dtype, f"{weights / 2**30:.2f}"]
+        for n in lengths:
+            for policy in (baseline_policy(), policy_for("streaming_llm", start, recent)):
+                row.append(f"{(weights + estimate_bytes(model, policy, n, 1, chunk_size)) / 2**30:.2f}")
+        rows.append(row)
     return rows
 
 
@@ -175,17 +180,14 @@ def checks_plan_table(lengths=(2000, 5000), chunk_size: int = DEFAULT_CHUNK_SIZE
     from lm_eval_streaming.core.kernel_checks import checks_extra_bytes, float32_copy_bytes
 
     rows = []
-    for shape in SHAPES:
-        for dtype in ("float16", "float32"):
-            model = pythia_model(shape, dtype, "meta")
-            weights = sum(p.numel() * p.element_size() for p in model.parameters())
-            row = [shape, dtype, f"{weights / 2**30:.2f}"]
-            for n in lengths:
-                full = estimate_bytes(model, baseline_policy(), n, 1, chunk_size, one_call=True, kernel="sdpa")
-                checks = checks_extra_bytes(model, n, 1, chunk_size)
-                row += [f"{(weights + full) / 2**30:.2f}", f"+{checks / 2**30:.2f} ({checks / weights:.0%})"]
-            copy = float32_copy_bytes(model)
-            rows.append(row + [f"+{copy / 2**30:.2f} ({copy / weights:.0%})"])
+    for shape, dtype, model, weights in _meta_models():
+        row = [shape, dtype, f"{weights / 2**30:.2f}"]
+        for n in lengths:
+            full = estimate_bytes(model, baseline_policy(), n, 1, chunk_size, one_call=True, kernel="sdpa")
+            checks = checks_extra_bytes(model, n, 1, chunk_size)
+            row += [f"{(weights + full) / 2**30:.2f}", f"+{checks / 2**30:.2f} ({checks / weights:.0%})"]
+        copy = float32_copy_bytes(model)
+        rows.append(row + [f"+{copy / 2**30:.2f} ({copy / weights:.0%})"])
     return rows
 
 
