@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+from lm_eval_streaming.core.loading import canonical_model_id
 from lm_eval_streaming.default_model import DEFAULT_MODEL_NAME, checkpoint_name, is_default
 from lm_eval_streaming.options import (DEFAULT_CHUNK_SIZE, DEFAULT_METHOD, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, FULL_CHUNK,
                                        as_int)
@@ -64,9 +65,8 @@ def model_id(pretrained) -> str:
     text = str(pretrained).strip()
     if not _looks_local(text):
         return text
-    text = os.path.normpath(os.path.expanduser(text))
-    if os.path.isdir(text):  # one checkpoint under two spellings (a symlink, a relative path) is one model
-        text = os.path.realpath(text)
+    # one checkpoint under two spellings (a symlink, a relative path) is one model: core.loading's rule
+    text = canonical_model_id(os.path.normpath(os.path.expanduser(text)))
     # The official conversion of the default model (another GGUF's conversion is another model).
     return DEFAULT_MODEL_NAME if Path(text).name == checkpoint_name() else text
 
