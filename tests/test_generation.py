@@ -121,14 +121,16 @@ def test_min_new_tokens_and_eos(tiny):
     assert got == ref and len(got) >= 5 and eos not in got[:5]
 
 
+@pytest.mark.parametrize("shortest", [1, 2])  # 1: a prompt shorter than the 2 sinks (lockstep), 2: own positions
 @pytest.mark.parametrize("method", method_names())
-def test_batch_of_8_equals_one_at_a_time(tiny, method):
+def test_batch_of_8_equals_one_at_a_time(tiny, method, shortest):
     """Prompts of different lengths in one batch: every row continues as it does alone, for every method
     (a small cache, so eviction happens during prefill and generation)."""
     policy = policy_for(method, 2, 6)
-    options = {"max_new_tokens": 10, "repetition_penalty": 1.2, "min_new_tokens": 3, "eos_token_id": 5}
-    alone = [generate_batch(tiny, [p], policy, options, chunk_size=4)[0] for p in PROMPTS]
-    assert generate_batch(tiny, PROMPTS, policy, options, chunk_size=4) == alone
+    prompts = [p if len(p) >= shortest else p * shortest for p in PROMPTS]
+    options = {"max_new_tokens": 12, "repetition_penalty": 1.2, "min_new_tokens": 3, "eos_token_id": 5}
+    alone = [generate_batch(tiny, [p], policy, options, chunk_size=4)[0] for p in prompts]
+    assert generate_batch(tiny, prompts, policy, options, chunk_size=4) == alone
 
 
 def test_dense_batch_through_both_kernels_equals_model_generate(tiny):
@@ -173,3 +175,42 @@ def test_options_that_cannot_be_honoured_are_refused_in_one_line(tiny, options, 
         generate_batch(tiny, [PROMPTS[0]], policy_for("dense"), {"max_new_tokens": 4, **options})
     message = str(err.value)
     assert named in message and "\n" not in message
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+@pytest.mark.parametrize("method", ["streaming_llm", "window", "dense"])
+def test_rows_at_their_own_positions_give_each_rows_own_logits(arch, method):
+    """``feed_rows`` (generation's padded batch: padding right after each row's sinks) against each row fed
+    alone through ``feed``: the logits of every real slot agree, through eviction and the sink shift
+    (GPT-NeoX: partial rotary), chunk by chunk and then token by token."""
+    from lm_eval_streaming.core.attention import REFERENCE_KERNEL, attention_kernel
+    from lm_eval_streaming.core.scoring import open_session
+
+    model = make_model(arch, vocab=1000)
+    policy = policy_for(method, 2, 6)
+    prompts = [p * 2 if len(p) < 2 else p for p in PROMPTS]  # generation pads these only when no row is
+    width, chunk = max(map(len, prompts)), 3  # shorter than the sinks
+    torch.manual_seed(3)
+    follow = torch.randint(1, 1000, (len(prompts), 9))  # tokens fed one at a time after the prompts
+    with torch.no_grad(), attention_kernel(model, REFERENCE_KERNEL):
+        alone = []
+        for p, more in zip(prompts, follow):
+            s = open_session(model, policy)
+            alone.append(torch.cat([s.feed(torch.tensor([p]))[0], *[s.feed(t.view(1, 1))[0] for t in more]]))
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        pos = torch.zeros_like(ids)
+        valid = torch.zeros_like(ids, dtype=torch.bool)
+        for r, p in enumerate(prompts):
+            head = min(policy.sinks, len(p))
+            slots = list(range(head)) + list(range(width - len(p) + head, width))
+            ids[r, slots], pos[r, slots], valid[r, slots] = torch.tensor(p), torch.arange(len(p)), True
+        s = open_session(model, policy)
+        got = torch.cat([s.feed_rows(ids[:, a:a + chunk], pos[:, a:a + chunk], valid[:, a:a + chunk])
+                         for a in range(0, width, chunk)], dim=1)
+        lengths = torch.tensor([len(p) for p in prompts])
+        steps = [s.feed_rows(follow[:, i:i + 1], (lengths + i)[:, None], torch.ones(len(prompts), 1, dtype=torch.bool))
+                 for i in range(follow.shape[1])]
+    for r in range(len(prompts)):
+        mine = torch.cat([got[r][valid[r]], *[step[r] for step in steps]])
+        assert torch.allclose(mine, alone[r], atol=1e-5), (r, float((mine - alone[r]).abs().max()))
+    assert policy.sinks == 0 or any(len(p) + 9 > policy.budget for p in prompts)  # the shift was engaged

@@ -78,6 +78,30 @@ class ChunkContext:
                 ctx.sink_cos, ctx.sink_sin = emb.cos(), emb.sin()
         return ctx
 
+    @classmethod
+    def build_rows(cls, policy: CachePolicy, q_pos: torch.Tensor, k_pos: torch.Tensor, q_valid: torch.Tensor,
+                   k_valid: torch.Tensor, inv_freq: torch.Tensor | None,
+                   stats: ScoreStats | None = None) -> "ChunkContext":
+        """Rows at their own positions: q_pos/q_valid [B, Q], k_pos/k_valid [B, K] (the chunk's Q slots are the
+        last of the K); padding slots (not valid) are never attended. The sink keys are the first slots of every
+        row (the cache layout keeps them there). A padding query attends only its own slot, so it stays finite."""
+        rows = [~policy.key_mask(q, k) | ~v[None, :] for q, k, v in zip(q_pos, k_pos, k_valid)]
+        blocked = torch.stack(rows)  # [B, Q, K]
+        n_q, n_k = q_pos.shape[1], k_pos.shape[1]
+        own = torch.zeros(n_q, n_k, dtype=torch.bool)
+        own[torch.arange(n_q), torch.arange(n_k - n_q, n_k)] = True
+        blocked = torch.where(q_valid[:, :, None], blocked, ~own)
+        ctx = cls(blocked=blocked[:, None], stats=stats)
+        shifted = policy.sink_query_position(q_pos)
+        if shifted is not None:
+            delta = (shifted - q_pos).masked_fill(~q_valid, 0)
+            if bool((delta != 0).any()):
+                angles = delta.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+                emb = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, Q, rot]: the heads share it
+                ctx.n_sink_keys = min(policy.sinks, n_k)
+                ctx.sink_cos, ctx.sink_sin = emb.cos(), emb.sin()
+        return ctx
+
     def to(self, device) -> "ChunkContext":
         self.blocked = self.blocked.to(device)
         if self.sink_cos is not None:

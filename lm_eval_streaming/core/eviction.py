@@ -154,6 +154,11 @@ class ScoredLayer(DynamicLayer):
         self.keys, self.values = take(self.keys), take(self.values)
         self.pos, self.score = self.pos.gather(-1, idx), self.score.gather(-1, idx)
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        if self.pos is not None:
+            self.pos, self.score = self.pos[indices], self.score[indices]
+
     def get_seq_length(self) -> int:
         return self.n_seen
 

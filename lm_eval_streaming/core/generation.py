@@ -8,14 +8,17 @@ the same private builders it calls. Only the decoding loop is ours, because the 
 would run the model's own cache. What the loop cannot do (beam search, assisted decoding, several
 sequences per request, ...) is refused with one line naming the option.
 
-Batching, exact for every method, padding where the kernel allows it:
-- the project's kernel (streaming_llm, window, sliding_recompute, score-based eviction, dense through it):
-  lockstep. Row r's stream is its prompt, then its generated tokens, and at every forward each row feeds its
-  own token at the same position, so no padding ever enters a live row's cache and every method (whatever
-  its cache keeps) sees exactly the stream it sees alone. Rows with a longer prompt keep prefilling, one
-  token per forward, while shorter ones generate (the cost of exactness; requests come sorted by length);
-- the model's own attention (dense, the default kernel): left padding masked as ``generate`` pads, so
-  every row generates from the first step (padding never reaches a real token).
+Batching, exact for every method, every row generating from the first step where the cache allows it:
+- the model's own attention (dense, the default kernel): left padding masked as ``generate`` pads;
+- the project's kernel with a cache that keeps slots by count (streaming_llm, window, dense through it):
+  each row at its own true positions, the padding placed right after the row's first ``sinks`` tokens, so
+  the cache's first slots are every row's sinks and its last slots every row's recent tokens (padding is
+  never attended); a batch with a prompt shorter than the sinks falls back to lockstep;
+- caches that keep entries by score (h2o, tova, knorm) and sliding_recompute: lockstep. Every row feeds its
+  own token at the same position, so no padding ever enters a live row's cache; rows with a longer prompt
+  keep prefilling, one token per forward, while shorter ones generate (requests come sorted by length).
+Only the logits generation uses are computed (each row's last prompt token, then the newest token), and a
+row that has finished leaves the batch and its cache.
 Rows with the same prompt length are in step with each other: transformers' processors and criteria,
 which take one prompt length, run on them together.
 Memory stays constant as the text grows: the cache never holds more than ``start_size + recent_size``
@@ -178,76 +181,142 @@ def generate_batch(model, contexts: Sequence[Sequence[int]], policy: CachePolicy
     def step(group: _Group, logits: torch.Tensor) -> None:
         _step(group, ids, logits, config.do_sample, pad, generator, out, decode, stop, on_token)
 
+    lengths = [len(c) for c in contexts]
     with attention_kernel(model, kernel):
-        if kernel == REFERENCE_KERNEL:
-            _lockstep(open_session(model, policy, diagnostics, kernel), groups, ids, chunk_size, step)
-        else:  # the model's own attention (dense): it takes a padding mask
-            _left_padded(model, groups, ids, [len(c) for c in contexts], chunk_size, pad, diagnostics, step)
+        if kernel != REFERENCE_KERNEL:  # the model's own attention (dense): it takes a padding mask
+            _padded(_ModelFeed(model, diagnostics), groups, ids, lengths, 0, chunk_size, pad, step)
+            return out
+        session = open_session(model, policy, diagnostics, kernel)
+        # a row shorter than the sinks would generate sinks after its padding: lockstep keeps them in place
+        if getattr(session, "rows_at_own_positions", False) and min(lengths) >= policy.sinks:
+            _padded(_SessionFeed(session), groups, ids, lengths, policy.sinks, chunk_size, pad, step)
+        else:
+            _lockstep(session, groups, ids, chunk_size, step)
     return out
 
 
 def _lockstep(session, groups: list[_Group], ids: torch.Tensor, chunk_size: int, step) -> None:
-    """Every row feeds its own token at the same position (the project's kernel: one set of positions and
-    one cache layout for the batch); a group steps when the feed reaches the end of what it knows."""
+    """Every row feeds its own token at the same position (one set of positions for the batch: the caches
+    that keep entries by score, sliding_recompute); a group steps when the feed reaches the end of what it
+    knows. Only the last position's logits are computed; a finished row leaves the batch and its cache."""
+    batch, device = ids.shape[0], ids.device
     live, pos = list(groups), 0
+    rows = _Rows(groups, batch, device)
     while live:
         end = min(min(g.length for g in live), pos + chunk_size)
-        logits = session.feed(ids[:, pos:end])[:, -1]
+        logits = rows.spread(session.feed(ids[rows.active, pos:end], last_only=True)[:, -1])
         pos = end
         for group in [g for g in live if g.length == end]:
             step(group, logits)
         live = [g for g in live if bool(g.unfinished.any())]
+        if live:
+            rows.drop_finished(session.select_rows)
 
 
-def _left_padded(model, groups: list[_Group], ids: torch.Tensor, lengths: list[int], chunk_size: int, pad: int,
-                 diagnostics: Diagnostics | None, step) -> None:
-    """Left padding as ``generate`` pads (pads masked, positions counted from each row's first token), so
-    every row generates from the first step; the prompt in chunks, only the last position's logits. A row
-    that has finished leaves the batch (``generate`` would keep feeding it padding)."""
-    from transformers import DynamicCache
+class _Rows:
+    """Which rows of the batch are still fed: finished rows leave the batch and the cache."""
 
-    batch, width, device = len(lengths), max(lengths), ids.device
-    prompt = torch.full((batch, width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((batch, width), dtype=torch.long, device=device)
-    for row, n in enumerate(lengths):
-        prompt[row, width - n:], mask[row, width - n:] = ids[row, :n], 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
+    def __init__(self, groups: list[_Group], batch: int, device):
+        self.groups, self.batch = groups, batch
+        self.active = torch.arange(batch, device=device)
+        self.alive = torch.ones(batch, dtype=torch.bool, device=device)
 
-    def forward(tokens, upto, pos):
-        logits = model(input_ids=tokens, attention_mask=mask[:, :upto], position_ids=pos, cache=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]
-        if diagnostics is not None:
-            diagnostics.max_position = max(diagnostics.max_position, int(pos.max()))
-            diagnostics.peak_kv_bytes = max(diagnostics.peak_kv_bytes, cache_nbytes(cache))
+    def spread(self, fed: torch.Tensor) -> torch.Tensor:
+        """The active rows' logits in a batch-wide tensor (finished rows: zeros, never used)."""
+        logits = fed.new_zeros((self.batch, fed.shape[-1]))
+        logits[self.active] = fed
         return logits
 
+    def drop_finished(self, select: Callable[[torch.Tensor], None]) -> None:
+        for group in self.groups:
+            self.alive[group.rows] = group.unfinished
+        keep = self.alive[self.active]
+        if not bool(keep.all()):
+            kept = keep.nonzero().squeeze(1)
+            self.active = self.active[kept]
+            select(kept)
+
+
+class _ModelFeed:
+    """The model's own attention with a padding mask, as ``generate`` pads (a DynamicCache)."""
+
+    def __init__(self, model, diagnostics: Diagnostics | None):
+        from transformers import DynamicCache
+
+        self.model, self.diag = model, diagnostics
+        self.cache, self.mask = DynamicCache(config=model.config), None
+
+    def __call__(self, tokens, positions, valid, keep) -> torch.Tensor:
+        valid = valid.long()
+        self.mask = valid if self.mask is None else torch.cat([self.mask, valid], dim=1)
+        logits = self.model(input_ids=tokens, attention_mask=self.mask, position_ids=positions, cache=self.cache,
+                            use_cache=True, logits_to_keep=keep).logits
+        if self.diag is not None:
+            self.diag.max_position = max(self.diag.max_position, int(positions.max()))
+            self.diag.peak_kv_bytes = max(self.diag.peak_kv_bytes, cache_nbytes(self.cache))
+        return logits
+
+    def select(self, kept: torch.Tensor) -> None:
+        self.mask = self.mask[kept]
+        self.cache.batch_select_indices(kept)
+
+
+class _SessionFeed:
+    """The project's kernel, every row at its own positions (``CachedSession.feed_rows``)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, tokens, positions, valid, keep) -> torch.Tensor:
+        return self.session.feed_rows(tokens, positions, valid, keep)
+
+    def select(self, kept: torch.Tensor) -> None:
+        self.session.select_rows(kept)
+
+
+def _padded(feed, groups: list[_Group], ids: torch.Tensor, lengths: list[int], sinks: int, chunk_size: int,
+            pad: int, step) -> None:
+    """Every row generates from the first step, at its own positions: the prompts padded to one width, the
+    padding right after each row's first ``sinks`` tokens (at the front when 0, as ``generate`` pads), so a
+    cache that keeps its first slots keeps each row's sinks; the prompt in chunks, logits only at each row's
+    last prompt token. A row that has finished leaves the batch (``generate`` would keep feeding it padding).
+    ``feed(tokens, positions, valid, keep)``: logits [B, len(keep), V] at the chunk slots ``keep``."""
+    batch, width, device = len(lengths), max(lengths), ids.device
+    prompt = torch.full((batch, width), pad, dtype=torch.long, device=device)
+    positions = torch.zeros((batch, width), dtype=torch.long, device=device)
+    valid = torch.zeros((batch, width), dtype=torch.bool, device=device)
+    last = torch.empty(batch, dtype=torch.long, device=device)  # slot of each row's last prompt token
+    for row, n in enumerate(lengths):
+        head = min(sinks, n)
+        slots = torch.cat([torch.arange(head), torch.arange(width - n + head, width)]).to(device)
+        prompt[row, slots], positions[row, slots], valid[row, slots] = ids[row, :n], torch.arange(n, device=device), True
+        last[row] = slots[-1]
+    logits = None
     for start in range(0, width, chunk_size):
         end = min(start + chunk_size, width)
-        logits = forward(prompt[:, start:end], end, positions[:, start:end])
-    last, live = positions[:, -1:], list(groups)
-    row_of = torch.empty(batch, dtype=torch.long, device=device)
-    active = torch.arange(batch, device=device)  # rows still fed: finished rows leave the batch and the cache
-    alive = torch.ones(batch, dtype=torch.bool, device=device)
+        here = (last >= start) & (last < end)
+        keep = torch.unique(last[here]) - start if bool(here.any()) else torch.tensor([end - start - 1], device=device)
+        out = feed(prompt[:, start:end], positions[:, start:end], valid[:, start:end], keep)
+        if logits is None:
+            logits = out.new_zeros((batch, out.shape[-1]))
+        rows = here.nonzero().squeeze(1)
+        logits[rows] = out[rows, torch.searchsorted(keep, last[rows] - start)]
+    live, rows = list(groups), _Rows(groups, batch, device)
+    newest = torch.empty(batch, dtype=torch.long, device=device)
+    first_slot = torch.tensor([0], device=device)  # the one slot of a decoding step
     while True:
         for group in live:
             step(group, logits)
         live = [g for g in live if bool(g.unfinished.any())]
         if not live:
             return
-        for group in groups:  # each row's newest token, and whether it still generates
-            row_of[group.rows] = group.length - 1
-            alive[group.rows] = group.unfinished
-        keep = alive[active]
-        if not bool(keep.all()):
-            kept = keep.nonzero().squeeze(1)
-            active, mask, last = active[kept], mask[kept], last[kept]
-            cache.batch_select_indices(kept)
-        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-        last = last + 1
-        fed = forward(ids[active, row_of[active]][:, None], mask.shape[1], last)
-        logits = fed.new_zeros((batch, fed.shape[-1]))
-        logits[active] = fed
+        rows.drop_finished(feed.select)
+        for group in groups:  # each row's newest token is at its true position length - 1
+            newest[group.rows] = group.length - 1
+        pos = newest[rows.active][:, None]
+        tokens = ids[rows.active, newest[rows.active]][:, None]
+        logits = rows.spread(feed(tokens, pos, torch.ones_like(tokens, dtype=torch.bool), first_slot)[:, 0])
+
 
 def _step(group: _Group, ids, logits, do_sample, pad, generator, out, decode, stop, on_token) -> None:
     """One generation step of one group, as transformers' sampling loop takes it."""

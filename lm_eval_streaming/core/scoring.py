@@ -89,8 +89,9 @@ def resolve_kernel(model, policy: CachePolicy, attn_implementation: str | None) 
     return attn_implementation or model.config._attn_implementation
 
 
-def _forward(model, ids, positions, ctx=None, cache=None, last_only=False):
-    kwargs = {"logits_to_keep": 1} if last_only else {}
+def _forward(model, ids, positions, ctx=None, cache=None, last_only=False, keep=None):
+    """``keep``: the chunk slots whose logits are computed (transformers' ``logits_to_keep``); ``last_only``: the last."""
+    kwargs = {"logits_to_keep": 1} if last_only else {} if keep is None else {"logits_to_keep": keep}
     if ctx is not None:
         kwargs["streaming"] = ctx
     out = model(input_ids=ids, position_ids=positions, cache=cache, use_cache=cache is not None, **kwargs)
@@ -100,17 +101,20 @@ def _forward(model, ids, positions, ctx=None, cache=None, last_only=False):
 class CachedSession:
     """streaming_llm, window and dense through the project's kernel: one pass per chunk over cache + chunk."""
 
+    rows_at_own_positions = True  # feed_rows: its cache keeps slots by count, whatever the positions
+
     def __init__(self, model, policy: CachePolicy, diagnostics: Diagnostics | None = None):
         self.model, self.policy, self.diag = model, policy, diagnostics
         self.device = input_device(model)
         self.cache = StreamingCache(policy, num_layers(model))
         self.inv_freq = rotary_inv_freq(model) if policy.needs_rotary else None
         self.pos = 0
+        self.slot_pos = self.slot_valid = None  # [B, slots] per-row positions and validity (feed_rows only)
         if diagnostics is not None:
             diagnostics.scores_measured = True
 
-    def feed(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [B, C] -> logits [B, C, V] for the next C positions of the stream."""
+    def feed(self, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """ids [B, C] -> logits [B, C, V] for the next C positions of the stream ([B, 1, V]: ``last_only``)."""
         batch, n = ids.shape
         q_pos = torch.arange(self.pos, self.pos + n)
         sinks, recent = self.policy.retained(self.pos)
@@ -119,19 +123,52 @@ class CachedSession:
         ctx = ChunkContext.build(self.policy, q_pos, k_pos, self.inv_freq, stats)
         distance = _largest_distance(ctx, self.policy, q_pos, k_pos) if self.diag is not None else None
         positions = q_pos.to(self.device)[None].expand(batch, -1)
-        logits = _forward(self.model, ids.to(self.device), positions, ctx.to(self.device), cache=self.cache)
+        logits = _forward(self.model, ids.to(self.device), positions, ctx.to(self.device), cache=self.cache,
+                          last_only=last_only)
         self.pos += n
         _observe_cache(self.diag, self.pos, self.cache.nbytes(), distance)
         return logits
+
+    def feed_rows(self, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows at their own positions: ids/positions/valid [B, C]; slots where ``valid`` is False are padding
+        (never attended; their logits are meaningless). Logits [B, C, V], or [B, len(keep), V] for the chunk
+        slots ``keep``. The cache keeps slots as ``feed`` does (the first
+        ``sinks`` and the last ``recent``), so a row's sinks must sit in its first slots and its padding
+        right after them: then every row keeps exactly what it keeps alone (generation's padded batches)."""
+        batch, n = ids.shape
+        q_pos, q_valid = positions.cpu(), valid.cpu().bool()
+        if self.slot_pos is None:
+            self.slot_pos = torch.zeros((batch, 0), dtype=torch.long)
+            self.slot_valid = torch.zeros((batch, 0), dtype=torch.bool)
+        k_pos, k_valid = torch.cat([self.slot_pos, q_pos], dim=1), torch.cat([self.slot_valid, q_valid], dim=1)
+        stats = self.diag.scores if self.diag is not None else None
+        ctx = ChunkContext.build_rows(self.policy, q_pos, k_pos, q_valid, k_valid, self.inv_freq, stats)
+        distance = _largest_distance(ctx, self.policy, q_pos, k_pos) if self.diag is not None else None
+        logits = _forward(self.model, ids.to(self.device), q_pos.to(self.device), ctx.to(self.device),
+                          cache=self.cache, keep=None if keep is None else keep.to(self.device))
+        self.pos += n
+        sinks, recent = self.policy.retained(self.pos)  # what SinkWindowLayer keeps, slot for slot
+        keep = lambda t: torch.cat([t[:, :sinks], t[:, t.shape[1] - recent:]], dim=1)  # noqa: E731
+        self.slot_pos, self.slot_valid = keep(k_pos), keep(k_valid)
+        _observe_cache(self.diag, int(q_pos[q_valid].max()) + 1, self.cache.nbytes(), distance)
+        return logits
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these rows of the batch (finished ones leave: their cache entries are dropped)."""
+        self.cache.batch_select_indices(rows.to(self.device))
+        if self.slot_pos is not None:
+            self.slot_pos, self.slot_valid = self.slot_pos[rows.cpu()], self.slot_valid[rows.cpu()]
 
 
 def _largest_distance(ctx: ChunkContext, policy: CachePolicy, q_pos: torch.Tensor, k_pos: torch.Tensor) -> int:
     """Largest query-key position difference the chunk's attention scores (``ctx.blocked`` still on the CPU):
     a key's true distance; a sink's from the query's shifted position when the policy shifts it."""
-    dist = q_pos[:, None] - k_pos[None, :]
-    if ctx.n_sink_keys:
-        dist[:, :ctx.n_sink_keys] = policy.sink_query_position(q_pos)[:, None] - k_pos[None, :ctx.n_sink_keys]
-    return int(dist.masked_fill(ctx.blocked, -1).max())
+    dist = q_pos[..., :, None] - k_pos[..., None, :]  # [Q, K], or [B, Q, K] for rows at their own positions
+    n = ctx.n_sink_keys
+    if n:
+        dist[..., :n] = policy.sink_query_position(q_pos)[..., :, None] - k_pos[..., None, :n]
+    return int(dist.masked_fill(ctx.blocked.view(dist.shape), -1).max())
 
 
 class ModelKernelSession:
@@ -146,10 +183,10 @@ class ModelKernelSession:
         self.cache = DynamicCache(config=model.config)
         self.pos = 0
 
-    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+    def feed(self, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         batch, n = ids.shape
         positions = torch.arange(self.pos, self.pos + n, device=self.device)[None].expand(batch, -1)
-        logits = _forward(self.model, ids.to(self.device), positions, cache=self.cache)
+        logits = _forward(self.model, ids.to(self.device), positions, cache=self.cache, last_only=last_only)
         self.pos += n
         _observe_cache(self.diag, self.pos, cache_nbytes(self.cache))
         return logits
@@ -207,20 +244,23 @@ class RecomputeSession:
         if diagnostics is not None:
             diagnostics.scores_measured = True
 
-    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+    def feed(self, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         ids = ids.to(self.device)
         hist = ids if self.history is None else torch.cat([self.history, ids], dim=1)
         hist_start = self.pos - (hist.shape[1] - ids.shape[1])  # true position of hist[:, 0]
         out = []
         first, end = self.pos, self.pos + ids.shape[1]
+        if last_only:
+            first = end - 1  # the last position's window (or prefix) alone
         # Positions < window see the whole prefix: one dense pass over it is exact.
         if first < self.window:
             stop = min(end, self.window)
             prefix = hist[:, : stop - hist_start]
             pos = torch.arange(prefix.shape[1])
             ctx = self._dense_ctx(pos)
-            logits = _forward(self.model, prefix, pos.to(self.device)[None].expand(prefix.shape[0], -1), ctx)
-            out.append(logits[:, first - hist_start:])
+            logits = _forward(self.model, prefix, pos.to(self.device)[None].expand(prefix.shape[0], -1), ctx,
+                              last_only=last_only)
+            out.append(logits if last_only else logits[:, first - hist_start:])
             first = stop
         if first < end:
             windows = hist.unfold(1, self.window, 1)[:, first - self.window + 1 - hist_start:]  # [B, n, W]
@@ -242,6 +282,10 @@ class RecomputeSession:
             self.diag.max_stream_position = max(self.diag.max_stream_position, self.pos - 1)
         return torch.cat(out, dim=1)
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        if self.history is not None:
+            self.history = self.history[rows.to(self.device)]
+
     def _dense_ctx(self, pos):
         stats = self.diag.scores if self.diag is not None else None
         return ChunkContext.build(self.dense, pos, pos, None, stats).to(self.device)
@@ -251,11 +295,13 @@ class EvictingSession(CachedSession):
     """h2o, tova, knorm (``core/eviction.py``): each chunk split at the pruning boundaries (every
     ``evict_every`` tokens), one pass per piece over the kept entries + the piece, then a pruning."""
 
+    rows_at_own_positions = False  # its cache keeps entries by score, one layout for the batch
+
     def __init__(self, model, policy: ScoredPolicy, diagnostics: Diagnostics | None = None):
         super().__init__(model, policy, diagnostics)
         self.cache = EvictingCache(policy, num_layers(model), self.inv_freq)
 
-    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+    def feed(self, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         batch, n = ids.shape
         stats = self.diag.scores if self.diag is not None else None
         observe = self.cache.observe if self.policy.observes else None
@@ -265,7 +311,7 @@ class EvictingSession(CachedSession):
             ctx = ChunkContext(blocked=chunk_mask(kept, b - a), stats=stats, observe=observe)
             positions = torch.arange(self.pos, self.pos + b - a, device=self.device)[None].expand(batch, -1)
             out.append(_forward(self.model, ids[:, a:b].to(self.device), positions, ctx.to(self.device),
-                                cache=self.cache))
+                                cache=self.cache, last_only=last_only))
             self.pos += b - a
             # with the shift the kept keys sit at slots 0..kept-1 before the piece; without it at their true
             # positions (pos - 1 bounds the distance: exact when the first token is kept)
@@ -273,6 +319,8 @@ class EvictingSession(CachedSession):
             _observe_cache(self.diag, self.pos, self.cache.nbytes(), distance)  # before pruning: the peak
             if self.pos % self.policy.evict_every == 0:
                 self.cache.prune()
+        if last_only:
+            return out[-1]
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
