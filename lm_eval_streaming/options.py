@@ -29,6 +29,17 @@ class StreamingArgError(UserError, ValueError):
     """An argument the user gave is not allowed."""
 
 
+def as_bool(name: str, value) -> bool:
+    """True/False, or the strings lm-eval's model_args may pass (true/false, 1/0)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise StreamingArgError(f"{name}={value!r} is not allowed: expected true or false")
+
+
 def as_int(name: str, value, minimum: int = 0, allow_none: bool = False) -> int | None:
     """Accept ints, integral floats (lm-eval turns ``1e3`` into 1000.0) and
     numeric strings; reject the rest with a message naming the argument."""

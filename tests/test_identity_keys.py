@@ -265,6 +265,21 @@ def test_leaderboard_merges_what_changes_no_number(tiny_model_dirs, tmp_path):
     assert "2 runs, 1 rows" in proc.stdout
 
 
+def test_leaderboard_keys_method_options_with_their_defaults_filled(tmp_path):
+    """evict_every=1 given or left to its default is one setting; evict_every=4, position_shift=false are others."""
+    base = "pretrained=smollm2-135m,method=h2o"
+    same = [_results(base, 0.25), _results(base + ",evict_every=1", 0.5, task="tiny_mc2", date=1.1e9)]
+    assert "2 runs, 1 rows" in _board(tmp_path / "a", same).stdout
+    other = [_results(base, 0.25), _results(base + ",evict_every=4", 0.5, date=1.1e9),
+             _results("pretrained=smollm2-135m,method=streaming_llm", 0.3, date=1.2e9),
+             _results("pretrained=smollm2-135m,method=streaming_llm,position_shift=false", 0.4, date=1.3e9)]
+    proc = _board(tmp_path / "b", other)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 runs, 4 rows" in proc.stdout
+    table = (tmp_path / "b" / "board" / "comparison.md").read_text()
+    assert "policy_options" in table.splitlines()[0] and "evict_every=4" in table and "position_shift=False" in table
+
+
 def test_leaderboard_merges_runs_of_one_setting_on_other_tasks_and_dedupes_a_copy(tmp_path):
     margs = "pretrained=smollm2-135m,method=dense"
     runs = [_results(margs, 0.25, shots=2), _results(margs, 0.5, task="tiny_mc2", shots=2, date=1.1e9)]

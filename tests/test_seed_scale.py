@@ -264,6 +264,15 @@ def test_position_shift_does_not_apply_to_dense():
         policy_for("dense", position_shift=False)
 
 
+@pytest.mark.parametrize("method", ["streaming_llm", "h2o"])
+def test_position_shift_takes_the_same_spellings_for_every_method(method):
+    """lm-eval's model_args pass strings: true/false/1/0 mean the bool for every method, anything else is one line."""
+    for word, value in (("false", False), ("True", True), ("0", False), (1, True)):
+        assert policy_for(method, 4, 8, position_shift=word).position_shift is value
+    with pytest.raises(StreamingArgError, match=r"position_shift='maybe' is not allowed: expected true or false"):
+        policy_for(method, 4, 8, position_shift="maybe")
+
+
 def test_experiment_config_grids_position_shift_and_one_call(tmp_path):
     from lm_eval_streaming.experiment.config import ConfigError, expand_cells, load_config
 

@@ -32,20 +32,9 @@ from transformers.cache_utils import Cache, DynamicLayer
 from lm_eval_streaming.core.attention import rerotate
 from lm_eval_streaming.core.cache import cache_nbytes
 from lm_eval_streaming.core.policy import CachePolicy
-from lm_eval_streaming.options import StreamingArgError, as_int
+from lm_eval_streaming.options import as_bool, as_int
 
 __all__ = ["ScoredPolicy", "EvictingCache", "as_bool", "chunk_mask", "group_sum", "keep_top", "pieces"]
-
-
-def as_bool(name: str, value) -> bool:
-    """True/False, or the strings lm-eval's model_args may pass (true/false, 1/0)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-        return value.strip().lower() in ("true", "1")
-    raise StreamingArgError(f"{name}={value!r} is not allowed: expected true or false")
 
 
 @dataclass(frozen=True)

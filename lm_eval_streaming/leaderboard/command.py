@@ -9,7 +9,7 @@ and writes into OUTDIR (default ``leaderboard``):
   "model_sha", ...}, "results": {task: {metric: value}}}``.
 
 A setting is everything that can change a number (:mod:`lm_eval_streaming.records.identity`): the model's
-resolved path or hub id, revision and sha, the method and cache sizes, chunk size, attention kernel,
+resolved path or hub id, revision and sha, the method, its cache sizes and options (defaults filled), chunk size, attention kernel,
 dtype, device, ``--limit``, prompt, ``--gen_kwargs``, seeds and other model args, and per task its
 few-shot count, version and config. Runs of one setting are merged into one row (a later run of a
 task replaces the earlier one); runs of different settings never are: a run whose task was scored
@@ -40,11 +40,11 @@ from lm_eval_streaming.records.lm_eval_results import _timestamp, find_result_fi
 logger = logging.getLogger(__name__)
 
 # Identity columns of a row, then the metric columns.
-ID_COLUMNS = ("model", "method", "start_size", "recent_size", "dtype", "model_name", "model_id", "revision",
-              "model_sha", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs", "seeds",
+ID_COLUMNS = ("model", "method", "start_size", "recent_size", "policy_options", "dtype", "model_name", "model_id",
+              "revision", "model_sha", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs", "seeds",
               "num_fewshot", "task_config", "extra_args")
 # Shown in comparison.md only when they differ between rows.
-VARYING_COLUMNS = ("model_id", "revision", "model_sha", "attn_implementation", "chunk_size", "device", "limit",
+VARYING_COLUMNS = ("policy_options", "model_id", "revision", "model_sha", "attn_implementation", "chunk_size", "device", "limit",
                    "prompt", "gen_kwargs", "seeds", "num_fewshot", "task_config", "extra_args")
 TASK_FIELDS = ("num_fewshot", "task_config")  # per task (task_setting), summed up per row
 
@@ -227,6 +227,7 @@ def write_leaderboard_files(outdir: Path, runs: list[dict]) -> list[Path]:
                 "method": run["method"],
                 "start_size": run["start_size"],
                 "recent_size": run["recent_size"],
+                "policy_options": run["policy_options"],
                 "chunk_size": run["chunk_size"],
                 "attn_implementation": run["attn_implementation"],
                 "device": run["device"],

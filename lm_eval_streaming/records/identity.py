@@ -2,7 +2,8 @@
 
 Two runs are merged into one leaderboard row only when everything that can change a number is
 equal: the model (its resolved path or hub id, revision and sha; a local directory has no revision),
-the lm-eval model type, the method and cache sizes, the chunk size, the attention kernel, the dtype,
+the lm-eval model type, the method, its cache sizes and its own options (``evict_every``,
+``position_shift``, defaults filled in), the chunk size, the attention kernel, the dtype,
 the device, ``--limit``, the prompt (chat template, system instruction, few-shot as multi-turn),
 ``--gen_kwargs``, the seeds and any other model argument; per task, the number of few-shot examples,
 the task version and its config (:func:`task_setting`). Names are shortened
@@ -12,6 +13,7 @@ the name grows by what tells them apart (``a/tiny-neox``, ``-float16``, ``@v2``,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,11 +33,12 @@ NEUTRAL_ARGS = frozenset({"batch_size", "max_batch_size", "device", "parallelize
 # Model args naming a checkpoint directory or hub id: one spelling each, like the model's.
 PATH_ARGS = frozenset({"tokenizer", "peft", "delta"})
 # Model args read into their own fields below.
+POLICY_ARGS = ("evict_every", "position_shift")  # the methods' own options (core/methods)
 OWN_ARGS = frozenset({"pretrained", "method", "start_size", "recent_size", "chunk_size", "dtype", "revision",
-                      "attn_implementation"})
+                      "attn_implementation", *POLICY_ARGS})
 # Everything that identifies a setting, in the order its qualifiers are added to a display name.
-KEY_FIELDS = ("lm_eval_model", "model_id", "method", "start_size", "recent_size", "revision", "model_sha",
-              "dtype", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs", "seeds",
+KEY_FIELDS = ("lm_eval_model", "model_id", "method", "start_size", "recent_size", "policy_options", "revision",
+              "model_sha", "dtype", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs", "seeds",
               "extra_args")
 SEEDS = ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")
 
@@ -83,19 +86,26 @@ def _first_int(name: str, *values, default=None):
     return default
 
 
-def _sizes(method: str, config: dict, args: dict):
-    """(start_size, recent_size, full_attention) as recorded, defaults filled in."""
+def _policy(method: str, config: dict, args: dict):
+    """(start_size, recent_size, full_attention, options) as recorded, defaults filled in; ``options``: the
+    method's own fields (``evict_every``, ``position_shift``) with the method's defaults, as one string, so
+    ``evict_every=1`` given or left to its default is one setting."""
     start = _first_int("start_size", config.get("streaming_start_size"), args.get("start_size"),
                        default=DEFAULT_START_SIZE)
     recent = _first_int("recent_size", config.get("streaming_recent_size"), args.get("recent_size"),
                         default=DEFAULT_RECENT_SIZE)
     from lm_eval_streaming.core.methods import policy_for
 
+    given = {k: config.get(f"streaming_{k}") if config.get(f"streaming_{k}") is not None else args.get(k)
+             for k in POLICY_ARGS}
     try:
         policy = policy_for(method, start, recent)
-    except ValueError:  # a method this version does not know: keep what was recorded
-        return start, recent, False
-    return (*policy.record_sizes(), policy.full_attention)
+        own = sorted({f.name for f in dataclasses.fields(policy)} - {"start_size", "recent_size"})
+        policy = policy_for(method, start, recent, **{k: given[k] for k in own if k in given})
+    except ValueError:  # a method or option this version does not know: keep what was recorded
+        return start, recent, False, ",".join(f"{k}={v}" for k, v in sorted(given.items()) if v is not None) or None
+    options = ",".join(f"{k}={getattr(policy, k)}" for k in own)
+    return (*policy.record_sizes(), policy.full_attention, options or None)
 
 
 def _limit(value):
@@ -149,21 +159,22 @@ def run_identity(data: dict) -> dict:
              "extra_args": ",".join(f"{k}={model_id(v) if k in PATH_ARGS else v}" for k, v in sorted(args.items())
                                     if k not in NEUTRAL_ARGS | OWN_ARGS) or None}
     if lm_model in HF_MODELS:
-        method, start, recent, chunk, suffix = "hf (windowed)", None, None, None, "hf-windowed"
+        method, start, recent, chunk, suffix, options = "hf (windowed)", None, None, None, "hf-windowed", None
         attn = args.get("attn_implementation")
     elif lm_model == STREAMING_MODEL or not lm_model:
         method = str(config.get("streaming_method") or args.get("method") or DEFAULT_METHOD)
-        start, recent, full = _sizes(method, config, args)
+        start, recent, full, options = _policy(method, config, args)
         given = config.get("streaming_chunk_size") or args.get("chunk_size")
         chunk = FULL_CHUNK if str(given).strip().lower() == FULL_CHUNK else _first_int(
             "chunk_size", config.get("streaming_chunk_size"), args.get("chunk_size"), default=DEFAULT_CHUNK_SIZE)
         attn = config.get("streaming_attn_implementation") or args.get("attn_implementation")
         suffix = method if full or recent is None else f"{method}-s{start}-r{recent}"
     else:
-        method, start, recent, chunk = lm_model, None, None, None
+        method, start, recent, chunk, options = lm_model, None, None, None, None
         attn = args.get("attn_implementation")
         suffix = re.sub(r"[^A-Za-z0-9._-]+", "-", lm_model)
-    ident.update(method=method, start_size=start, recent_size=recent, chunk_size=chunk, attn_implementation=attn)
+    ident.update(method=method, start_size=start, recent_size=recent, policy_options=options, chunk_size=chunk,
+                 attn_implementation=attn)
     model = short_model(ident["model_id"])
     ident.update(key=tuple(ident[k] for k in KEY_FIELDS), model=model, model_name=f"{model}__{suffix}",
                  suffix=suffix, model_args=config.get("model_args"))
@@ -172,6 +183,7 @@ def run_identity(data: dict) -> dict:
 
 # How a field that tells two settings apart lengthens their display names.
 QUALIFIERS = {
+    "policy_options": lambda v: f"-{v}" if v else "",
     "revision": lambda v: f"@{v}",
     "model_sha": lambda v: f"@{str(v)[:12] or 'no-sha'}",
     "dtype": lambda v: f"-{v or 'dtype?'}",

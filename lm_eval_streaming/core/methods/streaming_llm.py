@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from lm_eval_streaming.core.policy import CachePolicy, register_policy
-from lm_eval_streaming.options import StreamingArgError
+from lm_eval_streaming.options import as_bool
 
 
 @register_policy
@@ -30,8 +30,7 @@ class StreamingLLM(CachePolicy):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.position_shift, bool):
-            raise StreamingArgError(f"position_shift={self.position_shift!r} is not allowed: expected true or false")
+        object.__setattr__(self, "position_shift", as_bool("position_shift", self.position_shift))
 
     @property
     def sinks(self) -> int:
