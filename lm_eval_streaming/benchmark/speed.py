@@ -77,6 +77,7 @@ def _validate(args) -> None:
     args.eviction_every = int_list("eviction_every", args.eviction_every, 1)
     args.dense_max_tokens = as_int("dense_max_tokens", args.dense_max_tokens, 1, allow_none=True)
     check_dtype(args.dtype)
+    generation_speed.check_arguments(args)
     if args.steady_tokens >= args.tokens:
         raise StreamingArgError(f"steady_tokens={args.steady_tokens} must be smaller than tokens={args.tokens}")
 
