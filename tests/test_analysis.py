@@ -261,3 +261,13 @@ def test_position_figure_prefers_the_run_with_more_samples(monkeypatch, tmp_path
         [ax] = _drawn(monkeypatch, plots.nll_vs_position, runs, tmp_path)
         # the 3-sample run's dense jumps at 8192 (a curve bucket edge): its line and its critical point are drawn
         assert "critical point 8192 (1.00x)" in _legend(ax)
+
+
+def test_legend_names_the_pruning_interval_unless_it_is_the_default():
+    """h2o with E=4 and with E=1 are different settings: their legend labels differ (E=1 is the default)."""
+    import dataclasses
+
+    row = next(r for run in extrapolation_runs() for r in run.rows if r.method == "streaming_llm")
+    h2o = dataclasses.replace(row, method="h2o", evict_every=4)
+    assert plots._label(h2o) == f"h2o ({row.start_size}+{row.recent_size}, E=4)"
+    assert plots._label(dataclasses.replace(h2o, evict_every=1)) == f"h2o ({row.start_size}+{row.recent_size})"

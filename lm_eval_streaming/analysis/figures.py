@@ -120,7 +120,8 @@ def _label(row: Row) -> str:
     """Legend label: dense per kernel (several dense kernels per run), streaming methods by cache size."""
     if row.is_dense:
         return f"dense ({kernel_name(row)})"
-    return f"{method_key(row)} ({row.start_size}+{row.recent_size})"
+    every = f", E={row.evict_every}" if row.evict_every not in (None, 1) else ""  # E=1: the methods' default
+    return f"{method_key(row)} ({row.start_size}+{row.recent_size}{every})"
 
 
 def _by(runs: list[Run], *keys: str) -> dict:
