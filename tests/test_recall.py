@@ -264,6 +264,23 @@ def test_load_recall_results_labels_and_newest_run_wins(tmp_path):
     assert labels[("dense-float16", 128)] == 1.0
 
 
+def test_recall_runs_scored_with_other_few_shot_counts_or_versions_are_not_merged(tmp_path):
+    import json as _json
+
+    from lm_eval_streaming.analysis.recall import load_recall_results
+
+    margs = "method=streaming_llm,recent_size=252"
+    for folder, gain, shots, version, date in (("a", 4.0, 0, 1.0, 1.0), ("b", 2.0, 2, 1.0, 2.0),
+                                               ("c", 3.0, 0, 2.0, 3.0), ("d", 5.0, 0, 1.0, 4.0)):
+        path = write_results(tmp_path / folder, margs, gain_metrics({128: (gain, 0.1)}), 3, date)
+        data = _json.loads(path.read_text())
+        data.update({"n-shot": {"streaming_recall_128": shots}, "versions": {"streaming_recall_128": version}})
+        path.write_text(_json.dumps(data))
+    gains = sorted((p.label, p.recall_gain) for p in load_recall_results([tmp_path]))
+    # a and d: one setting, the newer run (d) wins; b (2-shot) and c (task version 2.0) are rows of their own
+    assert sorted(g for _, g in gains) == [2.0, 3.0, 5.0] and len({label for label, _ in gains}) == 3, gains
+
+
 def test_stop_distance_follows_the_t_interval_rule(tmp_path):
     from scipy.stats import t
 

@@ -28,6 +28,18 @@ logger = logging.getLogger(__name__)
 
 TASK_PATTERN = re.compile(r"^streaming_recall_(\d+)$")
 PASSKEY_PATTERN = re.compile(r"^streaming_passkey_(\d+)$")
+# A run's setting, and the few-shot count and version its recall tasks were scored with (the distance
+# is in each task's own name and config, so the config digest would tell every task apart).
+RECALL_FIELDS = (*KEY_FIELDS, "num_fewshot", "task_config")
+
+
+def _task_settings(data: dict, tasks) -> dict:
+    def values(field: str) -> list[str]:
+        recorded = data.get(field) or {}
+        return sorted({str(recorded[t]) for t in tasks if recorded.get(t) is not None})
+
+    shots, versions = values("n-shot"), values("versions")
+    return {"num_fewshot": ",".join(shots) or None, "task_config": ("v" + ",".join(versions)) if versions else None}
 # A method recalls at distance D when the lower end of the 95% interval of
 # recall_gain (nats per Pythia token of the passage) is above this. A real copy
 # gains several nats per token; forgetting gives about 0.
@@ -116,14 +128,15 @@ def _collect(paths, pattern: re.Pattern, required: str):
             if not metrics:
                 continue
             ident = {**run_identity(data), "limit": None}  # --limit only changes how many documents
-            ident["key"] = tuple(ident[k] for k in KEY_FIELDS)
+            ident.update(_task_settings(data, metrics))
+            ident["key"] = tuple(ident[k] for k in RECALL_FIELDS)
             idents[ident["key"]] = ident
             order = (_num(data.get("date")) or -math.inf, path.name)
             for task, m in metrics.items():
                 key = (ident["key"], int(pattern.match(task).group(1)))
                 if key not in found or order >= found[key][0]:
                     found[key] = (order, m, _n_docs(data, task), str(path))
-    names = display_names(list(idents.values()))
+    names = display_names(list(idents.values()), RECALL_FIELDS)
     out = []
     for (key, distance), (_, m, n_docs, source) in found.items():
         model, model_name = names[key]
