@@ -69,13 +69,7 @@ class ChunkContext:
         ctx = cls(blocked=~policy.key_mask(q_pos, k_pos), stats=stats)
         shifted = policy.sink_query_position(q_pos)
         if shifted is not None:
-            delta = shifted - q_pos
-            if bool((delta != 0).any()):
-                # float32 (MPS has no float64); HF rotates keys in float32 too, so the error is of the same order.
-                angles = delta.to(torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]
-                emb = torch.cat([angles, angles], dim=-1)
-                ctx.n_sink_keys = int((k_pos < policy.sinks).sum())
-                ctx.sink_cos, ctx.sink_sin = emb.cos(), emb.sin()
+            ctx._shift_sinks(shifted - q_pos, inv_freq, int((k_pos < policy.sinks).sum()))
         return ctx
 
     @classmethod
@@ -94,13 +88,18 @@ class ChunkContext:
         ctx = cls(blocked=blocked[:, None], stats=stats)
         shifted = policy.sink_query_position(q_pos)
         if shifted is not None:
-            delta = (shifted - q_pos).masked_fill(~q_valid, 0)
-            if bool((delta != 0).any()):
-                angles = delta.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
-                emb = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, Q, rot]: the heads share it
-                ctx.n_sink_keys = min(policy.sinks, n_k)
-                ctx.sink_cos, ctx.sink_sin = emb.cos(), emb.sin()
+            ctx._shift_sinks((shifted - q_pos).masked_fill(~q_valid, 0)[:, None], inv_freq, min(policy.sinks, n_k))
         return ctx
+
+    def _shift_sinks(self, delta: torch.Tensor, inv_freq: torch.Tensor, n_sink_keys: int) -> None:
+        """Re-rotation of the queries by ``delta`` ([Q], or [B, 1, Q]: the heads share it) for the first
+        ``n_sink_keys`` keys; nothing when no query moves."""
+        if bool((delta != 0).any()):
+            # float32 (MPS has no float64); HF rotates keys in float32 too, so the error is of the same order.
+            angles = delta.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+            emb = torch.cat([angles, angles], dim=-1)
+            self.n_sink_keys = n_sink_keys
+            self.sink_cos, self.sink_sin = emb.cos(), emb.sin()
 
     def to(self, device) -> "ChunkContext":
         self.blocked = self.blocked.to(device)

@@ -38,9 +38,7 @@ class SinkWindowLayer(DynamicLayer):
         stored = self.keys.shape[-2]
         if stored == sinks + recent:
             return
-        # Slices are views of the concatenated tensor: clone so evicted memory is freed.
-        keep = lambda t: torch.cat([t[..., :sinks, :], t[..., stored - recent :, :]], dim=-2)  # noqa: E731
-        self.keys, self.values = keep(self.keys), keep(self.values)
+        self.keys, self.values = (retain_slots(t, sinks, recent, -2) for t in (self.keys, self.values))
 
     def get_seq_length(self) -> int:
         return self.n_seen
@@ -51,6 +49,13 @@ class SinkWindowLayer(DynamicLayer):
 
     def nbytes(self) -> int:
         return layer_nbytes(self)
+
+
+def retain_slots(t: torch.Tensor, sinks: int, recent: int, dim: int) -> torch.Tensor:
+    """The first ``sinks`` and the last ``recent`` slots of ``t`` along ``dim`` (a new tensor, so the evicted
+    memory is freed): what the cache keeps, and what a session tracks of each slot beside it."""
+    stored = t.shape[dim]
+    return torch.cat([t.narrow(dim, 0, sinks), t.narrow(dim, stored - recent, recent)], dim=dim)
 
 
 class StreamingCache(Cache):

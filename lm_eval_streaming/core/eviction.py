@@ -34,7 +34,7 @@ from lm_eval_streaming.core.cache import cache_nbytes
 from lm_eval_streaming.core.policy import CachePolicy
 from lm_eval_streaming.options import as_bool, as_int
 
-__all__ = ["ScoredPolicy", "EvictingCache", "as_bool", "chunk_mask", "group_sum", "keep_top", "pieces"]
+__all__ = ["ScoredPolicy", "EvictingCache", "chunk_mask", "group_sum", "keep_top", "pieces"]
 
 
 @dataclass(frozen=True)

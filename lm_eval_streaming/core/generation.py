@@ -189,7 +189,7 @@ def generate_batch(model, contexts: Sequence[Sequence[int]], policy: CachePolicy
         session = open_session(model, policy, diagnostics, kernel)
         # a row shorter than the sinks would generate sinks after its padding: lockstep keeps them in place
         if getattr(session, "rows_at_own_positions", False) and min(lengths) >= policy.sinks:
-            _padded(_SessionFeed(session), groups, ids, lengths, policy.sinks, chunk_size, pad, step)
+            _padded(session, groups, ids, lengths, policy.sinks, chunk_size, pad, step)
         else:
             _lockstep(session, groups, ids, chunk_size, step)
     return out
@@ -238,7 +238,8 @@ class _Rows:
 
 
 class _ModelFeed:
-    """The model's own attention with a padding mask, as ``generate`` pads (a DynamicCache)."""
+    """The model's own attention with a padding mask, as ``generate`` pads (a DynamicCache), through the
+    interface of ``CachedSession.feed_rows`` / ``select_rows``."""
 
     def __init__(self, model, diagnostics: Diagnostics | None):
         from transformers import DynamicCache
@@ -246,7 +247,7 @@ class _ModelFeed:
         self.model, self.diag = model, diagnostics
         self.cache, self.mask = DynamicCache(config=model.config), None
 
-    def __call__(self, tokens, positions, valid, keep) -> torch.Tensor:
+    def feed_rows(self, tokens, positions, valid, keep) -> torch.Tensor:
         valid = valid.long()
         self.mask = valid if self.mask is None else torch.cat([self.mask, valid], dim=1)
         logits = self.model(input_ids=tokens, attention_mask=self.mask, position_ids=positions, cache=self.cache,
@@ -256,31 +257,18 @@ class _ModelFeed:
             self.diag.peak_kv_bytes = max(self.diag.peak_kv_bytes, cache_nbytes(self.cache))
         return logits
 
-    def select(self, kept: torch.Tensor) -> None:
+    def select_rows(self, kept: torch.Tensor) -> None:
         self.mask = self.mask[kept]
         self.cache.batch_select_indices(kept)
 
 
-class _SessionFeed:
-    """The project's kernel, every row at its own positions (``CachedSession.feed_rows``)."""
-
-    def __init__(self, session):
-        self.session = session
-
-    def __call__(self, tokens, positions, valid, keep) -> torch.Tensor:
-        return self.session.feed_rows(tokens, positions, valid, keep)
-
-    def select(self, kept: torch.Tensor) -> None:
-        self.session.select_rows(kept)
-
-
-def _padded(feed, groups: list[_Group], ids: torch.Tensor, lengths: list[int], sinks: int, chunk_size: int,
+def _padded(session, groups: list[_Group], ids: torch.Tensor, lengths: list[int], sinks: int, chunk_size: int,
             pad: int, step) -> None:
     """Every row generates from the first step, at its own positions: the prompts padded to one width, the
     padding right after each row's first ``sinks`` tokens (at the front when 0, as ``generate`` pads), so a
     cache that keeps its first slots keeps each row's sinks; the prompt in chunks, logits only at each row's
     last prompt token. A row that has finished leaves the batch (``generate`` would keep feeding it padding).
-    ``feed(tokens, positions, valid, keep)``: logits [B, len(keep), V] at the chunk slots ``keep``."""
+    ``session.feed_rows(tokens, positions, valid, keep)``: logits [B, len(keep), V] at the chunk slots ``keep``."""
     batch, width, device = len(lengths), max(lengths), ids.device
     prompt = torch.full((batch, width), pad, dtype=torch.long, device=device)
     positions = torch.zeros((batch, width), dtype=torch.long, device=device)
@@ -289,14 +277,15 @@ def _padded(feed, groups: list[_Group], ids: torch.Tensor, lengths: list[int], s
     for row, n in enumerate(lengths):
         head = min(sinks, n)
         slots = torch.cat([torch.arange(head), torch.arange(width - n + head, width)]).to(device)
-        prompt[row, slots], positions[row, slots], valid[row, slots] = ids[row, :n], torch.arange(n, device=device), True
+        prompt[row, slots], positions[row, slots] = ids[row, :n], torch.arange(n, device=device)
+        valid[row, slots] = True
         last[row] = slots[-1]
     logits = None
     for start in range(0, width, chunk_size):
         end = min(start + chunk_size, width)
         here = (last >= start) & (last < end)
         keep = torch.unique(last[here]) - start if bool(here.any()) else torch.tensor([end - start - 1], device=device)
-        out = feed(prompt[:, start:end], positions[:, start:end], valid[:, start:end], keep)
+        out = session.feed_rows(prompt[:, start:end], positions[:, start:end], valid[:, start:end], keep)
         if logits is None:
             logits = out.new_zeros((batch, out.shape[-1]))
         rows = here.nonzero().squeeze(1)
@@ -310,12 +299,13 @@ def _padded(feed, groups: list[_Group], ids: torch.Tensor, lengths: list[int], s
         live = [g for g in live if bool(g.unfinished.any())]
         if not live:
             return
-        rows.drop_finished(feed.select)
+        rows.drop_finished(session.select_rows)
         for group in groups:  # each row's newest token is at its true position length - 1
             newest[group.rows] = group.length - 1
         pos = newest[rows.active][:, None]
         tokens = ids[rows.active, newest[rows.active]][:, None]
-        logits = rows.spread(feed(tokens, pos, torch.ones_like(tokens, dtype=torch.bool), first_slot)[:, 0])
+        fed = session.feed_rows(tokens, pos, torch.ones_like(tokens, dtype=torch.bool), first_slot)
+        logits = rows.spread(fed[:, 0])
 
 
 def _step(group: _Group, ids, logits, do_sample, pad, generator, out, decode, stop, on_token) -> None:

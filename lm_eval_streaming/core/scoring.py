@@ -13,7 +13,7 @@ import torch
 
 from lm_eval_streaming.core.architectures import num_layers, rotary_inv_freq
 from lm_eval_streaming.core.attention import REFERENCE_KERNEL, ChunkContext, ScoreStats, attention_kernel, numerics
-from lm_eval_streaming.core.cache import StreamingCache, cache_nbytes
+from lm_eval_streaming.core.cache import StreamingCache, cache_nbytes, retain_slots
 from lm_eval_streaming.core.eviction import EvictingCache, ScoredPolicy, chunk_mask, pieces
 from lm_eval_streaming.errors import UserError
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, StreamingArgError, as_int
@@ -89,9 +89,10 @@ def resolve_kernel(model, policy: CachePolicy, attn_implementation: str | None) 
     return attn_implementation or model.config._attn_implementation
 
 
-def _forward(model, ids, positions, ctx=None, cache=None, last_only=False, keep=None):
-    """``keep``: the chunk slots whose logits are computed (transformers' ``logits_to_keep``); ``last_only``: the last."""
-    kwargs = {"logits_to_keep": 1} if last_only else {} if keep is None else {"logits_to_keep": keep}
+def _forward(model, ids, positions, ctx=None, cache=None, keep=None):
+    """``keep``: whose logits are computed (transformers' ``logits_to_keep``: 1 the last slot, a tensor those
+    chunk slots); None: every slot."""
+    kwargs = {} if keep is None else {"logits_to_keep": keep}
     if ctx is not None:
         kwargs["streaming"] = ctx
     out = model(input_ids=ids, position_ids=positions, cache=cache, use_cache=cache is not None, **kwargs)
@@ -124,7 +125,7 @@ class CachedSession:
         distance = _largest_distance(ctx, self.policy, q_pos, k_pos) if self.diag is not None else None
         positions = q_pos.to(self.device)[None].expand(batch, -1)
         logits = _forward(self.model, ids.to(self.device), positions, ctx.to(self.device), cache=self.cache,
-                          last_only=last_only)
+                          keep=1 if last_only else None)
         self.pos += n
         _observe_cache(self.diag, self.pos, self.cache.nbytes(), distance)
         return logits
@@ -149,8 +150,7 @@ class CachedSession:
                           cache=self.cache, keep=None if keep is None else keep.to(self.device))
         self.pos += n
         sinks, recent = self.policy.retained(self.pos)  # what SinkWindowLayer keeps, slot for slot
-        keep = lambda t: torch.cat([t[:, :sinks], t[:, t.shape[1] - recent:]], dim=1)  # noqa: E731
-        self.slot_pos, self.slot_valid = keep(k_pos), keep(k_valid)
+        self.slot_pos, self.slot_valid = (retain_slots(t, sinks, recent, 1) for t in (k_pos, k_valid))
         _observe_cache(self.diag, int(q_pos[q_valid].max()) + 1, self.cache.nbytes(), distance)
         return logits
 
@@ -186,7 +186,8 @@ class ModelKernelSession:
     def feed(self, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         batch, n = ids.shape
         positions = torch.arange(self.pos, self.pos + n, device=self.device)[None].expand(batch, -1)
-        logits = _forward(self.model, ids.to(self.device), positions, cache=self.cache, last_only=last_only)
+        logits = _forward(self.model, ids.to(self.device), positions, cache=self.cache,
+                          keep=1 if last_only else None)
         self.pos += n
         _observe_cache(self.diag, self.pos, cache_nbytes(self.cache))
         return logits
@@ -259,7 +260,7 @@ class RecomputeSession:
             pos = torch.arange(prefix.shape[1])
             ctx = self._dense_ctx(pos)
             logits = _forward(self.model, prefix, pos.to(self.device)[None].expand(prefix.shape[0], -1), ctx,
-                              last_only=last_only)
+                              keep=1 if last_only else None)
             out.append(logits if last_only else logits[:, first - hist_start:])
             first = stop
         if first < end:
@@ -271,7 +272,7 @@ class RecomputeSession:
             step = max(1, RECOMPUTE_TOKENS_PER_FORWARD // w)
             last = [
                 _forward(self.model, rows[i:i + step], pos.to(self.device)[None].expand(len(rows[i:i + step]), -1),
-                         ctx, last_only=True)
+                         ctx, keep=1)
                 for i in range(0, len(rows), step)
             ]
             out.append(torch.cat(last, dim=0).reshape(batch, n, -1))
@@ -311,7 +312,7 @@ class EvictingSession(CachedSession):
             ctx = ChunkContext(blocked=chunk_mask(kept, b - a), stats=stats, observe=observe)
             positions = torch.arange(self.pos, self.pos + b - a, device=self.device)[None].expand(batch, -1)
             out.append(_forward(self.model, ids[:, a:b].to(self.device), positions, ctx.to(self.device),
-                                cache=self.cache, last_only=last_only))
+                                cache=self.cache, keep=1 if last_only else None))
             self.pos += b - a
             # with the shift the kept keys sit at slots 0..kept-1 before the piece; without it at their true
             # positions (pos - 1 bounds the distance: exact when the first token is kept)
