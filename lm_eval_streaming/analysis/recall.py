@@ -32,14 +32,6 @@ PASSKEY_PATTERN = re.compile(r"^streaming_passkey_(\d+)$")
 # is in each task's own name and config, so the config digest would tell every task apart).
 RECALL_FIELDS = (*KEY_FIELDS, "num_fewshot", "task_config")
 
-
-def _task_settings(data: dict, tasks) -> dict:
-    def values(field: str) -> list[str]:
-        recorded = data.get(field) or {}
-        return sorted({str(recorded[t]) for t in tasks if recorded.get(t) is not None})
-
-    shots, versions = values("n-shot"), values("versions")
-    return {"num_fewshot": ",".join(shots) or None, "task_config": ("v" + ",".join(versions)) if versions else None}
 # A method recalls at distance D when the lower end of the 95% interval of
 # recall_gain (nats per Pythia token of the passage) is above this. A real copy
 # gains several nats per token; forgetting gives about 0.
@@ -99,6 +91,15 @@ def _n_docs(data: dict, task: str) -> int | None:
     entry = (data.get("n-samples") or {}).get(task) or {}
     n = entry.get("effective", entry.get("original"))
     return int(n) if isinstance(n, (int, float)) else None
+
+
+def _task_settings(data: dict, tasks) -> dict:
+    def values(field: str) -> list[str]:
+        recorded = data.get(field) or {}
+        return sorted({str(recorded[t]) for t in tasks if recorded.get(t) is not None})
+
+    shots, versions = values("n-shot"), values("versions")
+    return {"num_fewshot": ",".join(shots) or None, "task_config": ("v" + ",".join(versions)) if versions else None}
 
 
 def _collect(paths, pattern: re.Pattern, required: str):

@@ -9,9 +9,9 @@ and writes into OUTDIR (default ``leaderboard``):
   "model_sha", ...}, "results": {task: {metric: value}}}``.
 
 A setting is everything that can change a number (:mod:`lm_eval_streaming.records.identity`): the model's
-resolved path or hub id, revision and sha, the method, its cache sizes and options (defaults filled), chunk size, attention kernel,
-dtype, device, ``--limit``, prompt, ``--gen_kwargs``, seeds and other model args, and per task its
-few-shot count, version and config. Runs of one setting are merged into one row (a later run of a
+resolved path or hub id, revision and sha, the method, its cache sizes and options (defaults filled),
+chunk size, attention kernel, dtype, device, ``--limit``, prompt, ``--gen_kwargs``, seeds and other model
+args, and per task its few-shot count, version and config. Runs of one setting are merged into one row (a later run of a
 task replaces the earlier one); runs of different settings never are: a run whose task was scored
 with another few-shot count or task config than the row's starts another row. A results file read
 twice (the same folder given twice, or a copy) counts once. ``model_name`` is a display name (``smollm2-135m__streaming_llm-s4-r252``,
@@ -41,11 +41,11 @@ logger = logging.getLogger(__name__)
 
 # Identity columns of a row, then the metric columns.
 ID_COLUMNS = ("model", "method", "start_size", "recent_size", "policy_options", "dtype", "model_name", "model_id",
-              "revision", "model_sha", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs", "seeds",
-              "num_fewshot", "task_config", "extra_args")
+              "revision", "model_sha", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs",
+              "seeds", "num_fewshot", "task_config", "extra_args")
 # Shown in comparison.md only when they differ between rows.
-VARYING_COLUMNS = ("policy_options", "model_id", "revision", "model_sha", "attn_implementation", "chunk_size", "device", "limit",
-                   "prompt", "gen_kwargs", "seeds", "num_fewshot", "task_config", "extra_args")
+VARYING_COLUMNS = ("policy_options", "model_id", "revision", "model_sha", "attn_implementation", "chunk_size",
+                   "device", "limit", "prompt", "gen_kwargs", "seeds", "num_fewshot", "task_config", "extra_args")
 TASK_FIELDS = ("num_fewshot", "task_config")  # per task (task_setting), summed up per row
 
 

@@ -38,8 +38,8 @@ OWN_ARGS = frozenset({"pretrained", "method", "start_size", "recent_size", "chun
                       "attn_implementation", *POLICY_ARGS})
 # Everything that identifies a setting, in the order its qualifiers are added to a display name.
 KEY_FIELDS = ("lm_eval_model", "model_id", "method", "start_size", "recent_size", "policy_options", "revision",
-              "model_sha", "dtype", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs", "seeds",
-              "extra_args")
+              "model_sha", "dtype", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs",
+              "seeds", "extra_args")
 SEEDS = ("random_seed", "numpy_seed", "torch_seed", "fewshot_seed")
 
 
@@ -101,7 +101,8 @@ def _policy(method: str, config: dict, args: dict):
     try:
         policy = policy_for(method, start, recent)
         own = sorted({f.name for f in dataclasses.fields(policy)} - {"start_size", "recent_size"})
-        policy = policy_for(method, start, recent, **{k: given[k] for k in own if k in given})
+        # replace validates the recorded values as the method does; None keeps the method's default
+        policy = dataclasses.replace(policy, **{k: given[k] for k in own if given.get(k) is not None})
     except ValueError:  # a method or option this version does not know: keep what was recorded
         return start, recent, False, ",".join(f"{k}={v}" for k, v in sorted(given.items()) if v is not None) or None
     options = ",".join(f"{k}={getattr(policy, k)}" for k in own)
