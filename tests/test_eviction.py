@@ -19,7 +19,8 @@ from transformers import AttentionInterface, DynamicCache
 
 from lm_eval_streaming.core.eviction import keep_top
 from lm_eval_streaming.core.methods import policy_for
-from lm_eval_streaming.core.scoring import Diagnostics, score_sequences
+from lm_eval_streaming.core.diagnostics import Diagnostics
+from lm_eval_streaming.core.scoring import score_sequences
 from lm_eval_streaming.options import StreamingArgError
 
 ARCHS = ("gpt_neox", "llama")  # NeoX: partial rotary (25 %); Llama: 4 query heads over 2 KV heads

@@ -7,7 +7,7 @@ from conftest import make_model
 
 from lm_eval_streaming.core.generation import generate
 from lm_eval_streaming.core.methods import policy_for
-from lm_eval_streaming.core.scoring import Diagnostics
+from lm_eval_streaming.core.diagnostics import Diagnostics
 
 
 def test_cache_memory_is_constant_as_generated_text_grows():
@@ -184,7 +184,7 @@ def test_rows_at_their_own_positions_give_each_rows_own_logits(arch, method):
     alone through ``feed``: the logits of every real slot agree, through eviction and the sink shift
     (GPT-NeoX: partial rotary), chunk by chunk and then token by token."""
     from lm_eval_streaming.core.attention import REFERENCE_KERNEL, attention_kernel
-    from lm_eval_streaming.core.scoring import open_session
+    from lm_eval_streaming.core.sessions import open_session
 
     model = make_model(arch, vocab=1000)
     policy = policy_for(method, 2, 6)

@@ -14,14 +14,13 @@ from conftest import load_tokenizer, make_model
 from lm_eval_streaming.core.architectures import UnsupportedArchitecture, check_supported
 from lm_eval_streaming.core.methods import policy_for
 from lm_eval_streaming.options import StreamingArgError
-from lm_eval_streaming.core.scoring import Diagnostics, InsufficientMemory, score_sequences
+from lm_eval_streaming.core.diagnostics import Diagnostics
+from lm_eval_streaming.core.scoring import InsufficientMemory, score_sequences
 
 
 @pytest.mark.parametrize("model_type,config_kwargs,fragment", [
     ("gpt2", {}, "learned absolute position"),
     ("bloom", {}, "ALiBi"),
-    ("mistral", {"sliding_window": 4096}, "own sliding window"),
-    ("qwen2", {"use_sliding_window": True, "sliding_window": 4096}, "own sliding window"),
 ])
 def test_unsupported_architectures_are_refused_by_name(model_type, config_kwargs, fragment):
     from transformers import AutoConfig
@@ -33,11 +32,19 @@ def test_unsupported_architectures_are_refused_by_name(model_type, config_kwargs
     check_supported(config, policy_for("dense"))  # dense is a plain forward: any causal LM
 
 
-def test_supported_llama_family_with_sliding_window_off():
+def test_sliding_window_models_position_methods_yes_score_methods_refused():
     from transformers import AutoConfig
 
-    check_supported(AutoConfig.for_model("mistral", sliding_window=None), policy_for("streaming_llm"))
-    check_supported(AutoConfig.for_model("qwen2", use_sliding_window=False), policy_for("streaming_llm"))
+    for config in (AutoConfig.for_model("mistral", sliding_window=None),
+                   AutoConfig.for_model("qwen2", use_sliding_window=False)):
+        for method in ("streaming_llm", "window", "h2o"):
+            check_supported(config, policy_for(method))
+    for config in (AutoConfig.for_model("mistral", sliding_window=4096),
+                   AutoConfig.for_model("qwen2", use_sliding_window=True, sliding_window=4096, max_window_layers=0)):
+        for method in ("streaming_llm", "window", "sliding_recompute", "dense"):
+            check_supported(config, policy_for(method))
+        with pytest.raises(UnsupportedArchitecture, match="sliding-window layers .*method=h2o"):
+            check_supported(config, policy_for("h2o"))
 
 
 def test_streaming_hf_refuses_gpt2_before_loading_weights(tmp_path):

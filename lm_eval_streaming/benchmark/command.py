@@ -85,7 +85,7 @@ def _reference_for_kernel_error(model, samples, chunk_size, rows_scored):
     dense[reference] row when that row has those weights."""
     from lm_eval_streaming.core.attention import REFERENCE_KERNEL
     from lm_eval_streaming.core.kernel_checks import _dtype_name, float32_copy_fits, reference_scores
-    from lm_eval_streaming.core.scoring import input_device
+    from lm_eval_streaming.core.sessions import input_device
 
     budget = checks_budget(model)
     ref_label = f"dense[{REFERENCE_KERNEL}]"

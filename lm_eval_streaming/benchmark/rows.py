@@ -15,7 +15,9 @@ from lm_eval_streaming.records.metrics import bucketize, exceeds_trained_context
     t_interval
 from lm_eval_streaming.records import CausalityStats, KernelErrorStats, Row
 from lm_eval_streaming.records.run import AttentionLayerError
-from lm_eval_streaming.core.scoring import Diagnostics, ScoredTokens, input_device, resolve_kernel, score_sequences
+from lm_eval_streaming.core.diagnostics import Diagnostics
+from lm_eval_streaming.core.scoring import ScoredTokens, resolve_kernel, score_sequences
+from lm_eval_streaming.core.sessions import input_device
 
 
 class _PeakRSS:

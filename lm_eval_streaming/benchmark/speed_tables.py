@@ -14,7 +14,9 @@ from lm_eval_streaming.core.generation import generate
 from lm_eval_streaming.core.kernel_checks import causality_probe, kernel_error
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, resolve_device, torch_dtype
 from lm_eval_streaming.core.methods import baseline_policy, policy_for
-from lm_eval_streaming.core.scoring import Diagnostics, estimate_bytes, open_session, resolve_kernel, score_sequences
+from lm_eval_streaming.core.diagnostics import Diagnostics
+from lm_eval_streaming.core.scoring import estimate_bytes, resolve_kernel, score_sequences
+from lm_eval_streaming.core.sessions import open_session
 
 
 def _timed(fn):

@@ -1,64 +1,79 @@
-"""Which Hugging Face architectures the streaming methods support, and why not the rest."""
+"""Which Hugging Face models the project's kernel and the streaming methods compute exactly, and why not the rest.
+
+Decided from the config before any weights load: the layer types (transformers' own rule), the rope type of
+each layer type, and a table of families whose attention the kernel cannot take (``docs/conformance.md``,
+made by ``lm-eval-streaming conformance``, lists every model type of the installed transformers).
+"""
 
 from __future__ import annotations
 
-import torch
-
-from lm_eval_streaming.core.attention import LINEAR_ROPE_TYPES
+from lm_eval_streaming.core.attention import LINEAR_ROPE_TYPES, REFERENCE_KERNEL
+from lm_eval_streaming.core.layers import layer_types, rope_types, unsupported_layer_types
 from lm_eval_streaming.errors import UserError
 
-# Rotary-embedding decoders whose attention goes through transformers' AttentionInterface
-# and applies RoPE with the rotate-half convention (GPT-NeoX: on the first rotary_pct of dims).
-SUPPORTED_MODEL_TYPES = ("llama", "gpt_neox", "mistral", "qwen2", "qwen3")
-
-_REFUSED = {
+# Families whose positions the streaming methods cannot move or bound (position-only eviction would still
+# leave them at absolute positions past what they were trained on, or their attention bias is not rotary).
+REFUSED_STREAMING = {
     "gpt2": "learned absolute position embeddings",
     "gpt_neo": "learned absolute position embeddings",
-    "gptj": "interleaved rotary embeddings not supported yet",
+    "gpt_bigcode": "learned absolute position embeddings",
     "opt": "learned absolute position embeddings",
+    "biogpt": "learned absolute position embeddings",
+    "xglm": "sinusoidal absolute position embeddings",
     "bloom": "ALiBi position biases",
     "mpt": "ALiBi position biases",
     "falcon": "ALiBi or rotary depending on the checkpoint; not supported yet",
 }
+# Families whose attention the project's kernel cannot compute (filled from the conformance table).
+REFUSED_KERNEL: dict[str, str] = {}
 
 
 class UnsupportedArchitecture(UserError, ValueError):
     pass
 
 
-def check_supported(config, policy) -> None:
-    """Refuse, naming the architecture, anything ``policy`` would silently compute wrong."""
+def _model_type(config) -> str:
+    return getattr(config.get_text_config(), "model_type", None) or getattr(config, "model_type", "?")
+
+
+def check_kernel_supported(config) -> None:
+    """Refuse, in one line, a model the project's kernel (any method, dense included) would compute wrong."""
+    model_type = _model_type(config)
+    if model_type in REFUSED_KERNEL:
+        raise UnsupportedArchitecture(f"architecture {model_type!r} ({REFUSED_KERNEL[model_type]}) cannot run through "
+                                      "the project's kernel; method=dense with the model's own kernel works")
+    bad = unsupported_layer_types(config)
+    if bad:
+        raise UnsupportedArchitecture(f"architecture {model_type!r} has {', '.join(bad)} layers, which the project's "
+                                      "kernel does not compute; method=dense with the model's own kernel works")
+
+
+def check_supported(config, policy, kernel: str | None = None) -> None:
+    """Refuse, naming the architecture, anything ``policy`` (through ``kernel``: None, the model's own for
+    dense) would silently compute wrong."""
     if policy.full_attention:
+        if kernel == REFERENCE_KERNEL:
+            check_kernel_supported(config)
         return
     method = policy.method
-    model_type = getattr(config, "model_type", "?")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        why = _REFUSED.get(model_type, "not tested with the streaming cache")
+    model_type = _model_type(config)
+    if model_type in REFUSED_STREAMING:
+        raise UnsupportedArchitecture(f"architecture {model_type!r} ({REFUSED_STREAMING[model_type]}) is not supported "
+                                      f"by method={method}; method=dense works with any causal LM")
+    check_kernel_supported(config)
+    windows = [w for _, w in layer_types(config) if w is not None]
+    if windows and not policy.uses_position_slots:
         raise UnsupportedArchitecture(
-            f"architecture {model_type!r} ({why}) is not supported by method={method}; supported: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}. method=dense works with any causal LM."
-        )
-    window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", True):
-        raise UnsupportedArchitecture(
-            f"architecture {model_type!r} has its own sliding window ({window} tokens); the streaming "
-            f"cache would be applied on top of it. Load a checkpoint with sliding_window=None."
-        )
-    rope = getattr(config, "rope_parameters", None) or {}
-    rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
-    if rope_type not in LINEAR_ROPE_TYPES:
-        raise UnsupportedArchitecture(
-            f"rope_type {rope_type!r} of {model_type!r} is not supported (angles must be linear in the "
-            f"position): supported rope types are {', '.join(LINEAR_ROPE_TYPES)}"
-        )
-
-
-def rotary_inv_freq(model) -> torch.Tensor:
-    """Inverse frequencies of the model's rotary embedding (length rot_dim / 2)."""
-    for module in model.modules():
-        if hasattr(module, "inv_freq") and module.__class__.__name__.endswith("RotaryEmbedding"):
-            return module.inv_freq.detach().float().cpu()
-    raise UnsupportedArchitecture(f"no rotary embedding found in {model.__class__.__name__}")
+            f"architecture {model_type!r} has sliding-window layers ({min(windows)} tokens), which method={method} "
+            "does not support yet (its cache keeps entries by score); streaming_llm and window do")
+    if policy.needs_rotary:
+        for layer_type, rope_type in rope_types(config).items():
+            if rope_type not in LINEAR_ROPE_TYPES:
+                where = "" if layer_type == "*" else f" (layers of type {layer_type})"
+                raise UnsupportedArchitecture(
+                    f"rope_type {rope_type!r} of {model_type!r}{where} is not supported by method={method} with the "
+                    f"positional shift (angles must be linear in the position): supported rope types are "
+                    f"{', '.join(LINEAR_ROPE_TYPES)}")
 
 
 def num_layers(model) -> int:

@@ -9,22 +9,34 @@ then one softmax runs over both. That is token-by-token StreamingLLM, exactly,
 for C queries in one pass. The function is registered with transformers'
 ``AttentionInterface`` and switched on only inside ``with attention_kernel(model, ...)``;
 the model's weights and modules are unchanged.
+
+What a layer's queries may see comes from the cache that owns the entries (``cache.py``): a session
+``serve``s a view source for the duration of one model call, and the kernel asks it for the layer's
+:class:`LayerView`. Every argument transformers hands an attention function is honoured (``scaling``,
+``sliding_window``, ``softcap``, learned sinks ``s_aux``) or refused by name: none is ignored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
 
 from lm_eval_streaming.options import REFERENCE_KERNEL, StreamingArgError
-from lm_eval_streaming.core.policy import CachePolicy
 
 # rope types whose angle is linear in the position, so rotations compose.
-LINEAR_ROPE_TYPES = ("default", "linear", "llama3")
+LINEAR_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+# Arguments a model hands attention functions that carry nothing the view does not already decide.
+_POSITIONAL_KWARGS = ("position_ids", "cache_position", "is_causal", "output_attentions", "use_cache",
+                      "position_embeddings", "past_key_values", "past_key_value")
+
+
+class UnsupportedAttentionArgument(RuntimeError):
+    """The model handed the project's kernel an argument it does not implement."""
 
 
 def numerics(t: torch.Tensor) -> tuple[float, int, int]:
@@ -51,61 +63,58 @@ class ScoreStats:
 
 
 @dataclass
-class ChunkContext:
-    """What every layer's attention needs for one chunk of queries (shared by layers)."""
+class LayerView:
+    """What one layer's queries see in one chunk: answered by the cache that owns the entries."""
 
-    blocked: torch.Tensor  # [Q, K] bool: True where the query may NOT attend the key
-    n_sink_keys: int = 0
-    sink_cos: torch.Tensor | None = None  # [Q, rot_dim], re-rotation of queries for sink keys
+    blocked: torch.Tensor  # [Q, K] or [B, 1, Q, K] bool: True where the query may NOT attend the key
+    n_sink_keys: int = 0  # the first keys, scored with the query re-rotated by sink_cos / sink_sin
+    sink_cos: torch.Tensor | None = None  # [Q, rot_dim] or [B, 1, Q, rot_dim]
     sink_sin: torch.Tensor | None = None
-    stats: ScoreStats | None = field(default=None)
-    # score-based eviction (core/eviction.py): called as observe(layer_idx, float32 probs [B, H, Q, K]);
-    # None for the position-only methods, which then compute nothing for it
+    interleaved: bool = False  # rotary pairs (2i, 2i+1) (GPT-J, Cohere) instead of the two halves
+
+
+@dataclass
+class Serving:
+    """One model call's source of layer views: ``views(layer_idx, sliding_window)`` -> :class:`LayerView`;
+    ``stats``: score numerics to record; ``observe(layer_idx, float32 probs [B, H, Q, K])``: score-based eviction."""
+
+    views: Callable[[int, int | None], LayerView]
+    stats: ScoreStats | None = None
     observe: Callable[[int, torch.Tensor], None] | None = None
+    _device_views: dict = field(default_factory=dict)
 
-    @classmethod
-    def build(cls, policy: CachePolicy, q_pos: torch.Tensor, k_pos: torch.Tensor,
-              inv_freq: torch.Tensor | None, stats: ScoreStats | None = None) -> "ChunkContext":
-        ctx = cls(blocked=~policy.key_mask(q_pos, k_pos), stats=stats)
-        shifted = policy.sink_query_position(q_pos)
-        if shifted is not None:
-            ctx._shift_sinks(shifted - q_pos, inv_freq, int((k_pos < policy.sinks).sum()))
-        return ctx
+    def view(self, layer_idx: int, window: int | None, device) -> LayerView:
+        view = self.views(layer_idx, window)
+        moved = self._device_views.get((id(view), device))
+        if moved is None:  # one copy per view and device, shared by the layers that share the view
+            moved = LayerView(view.blocked.to(device), view.n_sink_keys,
+                              None if view.sink_cos is None else view.sink_cos.to(device),
+                              None if view.sink_sin is None else view.sink_sin.to(device), view.interleaved)
+            self._device_views[(id(view), device)] = (view, moved)
+        else:
+            moved = moved[1]
+        return moved
 
-    @classmethod
-    def build_rows(cls, policy: CachePolicy, q_pos: torch.Tensor, k_pos: torch.Tensor, q_valid: torch.Tensor,
-                   k_valid: torch.Tensor, inv_freq: torch.Tensor | None,
-                   stats: ScoreStats | None = None) -> "ChunkContext":
-        """Rows at their own positions: q_pos/q_valid [B, Q], k_pos/k_valid [B, K] (the chunk's Q slots are the
-        last of the K); padding slots (not valid) are never attended. The sink keys are the first slots of every
-        row (the cache layout keeps them there). A padding query attends only its own slot, so it stays finite."""
-        rows = [~policy.key_mask(q, k) | ~v[None, :] for q, k, v in zip(q_pos, k_pos, k_valid)]
-        blocked = torch.stack(rows)  # [B, Q, K]
-        n_q, n_k = q_pos.shape[1], k_pos.shape[1]
-        own = torch.zeros(n_q, n_k, dtype=torch.bool)
-        own[torch.arange(n_q), torch.arange(n_k - n_q, n_k)] = True
-        blocked = torch.where(q_valid[:, :, None], blocked, ~own)
-        ctx = cls(blocked=blocked[:, None], stats=stats)
-        shifted = policy.sink_query_position(q_pos)
-        if shifted is not None:
-            ctx._shift_sinks((shifted - q_pos).masked_fill(~q_valid, 0)[:, None], inv_freq, min(policy.sinks, n_k))
-        return ctx
 
-    def _shift_sinks(self, delta: torch.Tensor, inv_freq: torch.Tensor, n_sink_keys: int) -> None:
-        """Re-rotation of the queries by ``delta`` ([Q], or [B, 1, Q]: the heads share it) for the first
-        ``n_sink_keys`` keys; nothing when no query moves."""
-        if bool((delta != 0).any()):
-            # float32 (MPS has no float64); HF rotates keys in float32 too, so the error is of the same order.
-            angles = delta.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
-            emb = torch.cat([angles, angles], dim=-1)
-            self.n_sink_keys = n_sink_keys
-            self.sink_cos, self.sink_sin = emb.cos(), emb.sin()
+_SERVING: ContextVar[Serving | None] = ContextVar("lm_eval_streaming_serving", default=None)
 
-    def to(self, device) -> "ChunkContext":
-        self.blocked = self.blocked.to(device)
-        if self.sink_cos is not None:
-            self.sink_cos, self.sink_sin = self.sink_cos.to(device), self.sink_sin.to(device)
-        return self
+
+@contextmanager
+def serve(serving: Serving):
+    """While inside, the project's kernel takes its layer views from ``serving``."""
+    token = _SERVING.set(serving)
+    try:
+        yield serving
+    finally:
+        _SERVING.reset(token)
+
+
+def sink_rotation(delta: torch.Tensor, inv_freq: torch.Tensor, interleaved: bool = False):
+    """cos, sin [..., rot_dim] rotating a query by ``delta`` positions ([Q] or [B, 1, Q])."""
+    # float32 (MPS has no float64); HF rotates keys in float32 too, so the error is of the same order.
+    angles = delta.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+    emb = angles.repeat_interleave(2, dim=-1) if interleaved else torch.cat([angles, angles], dim=-1)
+    return emb.cos(), emb.sin()
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -113,43 +122,76 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def rerotate(query: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+def rerotate(query: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """Rotate the rotary part (the first ``cos.shape[-1]`` dims) of ``query`` further."""
     rot_dim = cos.shape[-1]
     q_rot = query[..., :rot_dim].to(torch.float32)
     cos, sin = cos.to(q_rot), sin.to(q_rot)
-    q_rot = (q_rot * cos + _rotate_half(q_rot) * sin).to(query.dtype)
+    turn = _rotate_pairs if interleaved else _rotate_half
+    q_rot = (q_rot * cos + turn(q_rot) * sin).to(query.dtype)
     return torch.cat([q_rot, query[..., rot_dim:]], dim=-1)
 
 
-def sink_window_attention(module, query, key, value, attention_mask, scaling, dropout=0.0,
-                        streaming: ChunkContext | None = None, **kwargs):
-    """query [B, H, Q, D]; key/value [B, Hkv, K, D] (cache + chunk), rotated at true positions."""
-    if streaming is None:
-        raise RuntimeError(
-            "lm_eval_streaming attention was called without a chunk context: run the model "
-            "through lm_eval_streaming.core.scoring, not model.generate() or a plain forward"
-        )
+def attend(query, key, value, view: LayerView, scaling: float, softcap: float | None = None,
+           s_aux: torch.Tensor | None = None, stats: ScoreStats | None = None, observe=None):
+    """query [B, H, Q, D]; key/value [B, Hkv, K, D] rotated at true positions -> output [B, Q, H, D] and the
+    float32 probabilities (handed to ``observe`` when given)."""
     batch, heads, n_q, dim = query.shape
     kv_heads = key.shape[1]
     # Grouped-query attention without copying keys: fold the query groups into the query axis.
     grouped = lambda x: x.reshape(batch, kv_heads, (heads // kv_heads) * n_q, x.shape[-1])  # noqa: E731
     scores = torch.matmul(grouped(query * scaling), key.transpose(2, 3)).view(batch, heads, n_q, -1)
-    n = streaming.n_sink_keys
+    n = view.n_sink_keys
     if n:
-        shifted = rerotate(query, streaming.sink_cos.to(query.device), streaming.sink_sin.to(query.device))
+        shifted = rerotate(query, view.sink_cos, view.sink_sin, view.interleaved)
         sink = torch.matmul(grouped(shifted * scaling), key[..., :n, :].transpose(2, 3))
         scores[..., :n] = sink.view(batch, heads, n_q, n)
-    blocked = streaming.blocked.to(query.device)  # a no-op unless layers sit on several devices
-    if streaming.stats is not None:
-        streaming.stats.observe(scores.masked_fill_(blocked, 0))
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    blocked = view.blocked
+    if stats is not None:
+        stats.observe(scores.masked_fill_(blocked, 0))
     scores.masked_fill_(blocked, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    if streaming.observe is not None:
-        streaming.observe(module.layer_idx, probs)
-    probs = probs.to(value.dtype)
-    out = torch.matmul(grouped(probs.view(batch, heads, n_q, -1)), value).view(batch, heads, n_q, dim)
-    return out.transpose(1, 2).contiguous(), None
+    if s_aux is not None:  # learned sinks: one extra logit per head in the softmax, no value
+        extra = s_aux.reshape(1, -1, 1, 1).expand(batch, -1, n_q, 1).to(scores.dtype)
+        probs = torch.softmax(torch.cat([scores, extra], dim=-1), dim=-1, dtype=torch.float32)[..., :-1]
+    else:
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    if observe is not None:
+        observe(probs)
+    out = torch.matmul(grouped(probs.to(value.dtype).view(batch, heads, n_q, -1)), value).view(batch, heads, n_q, dim)
+    return out.transpose(1, 2).contiguous()
+
+
+def check_attention_kwargs(kwargs: dict) -> None:
+    """Refuse, by name, an argument the kernel would otherwise ignore."""
+    for name, value in kwargs.items():
+        if value is not None and value is not False and name not in _POSITIONAL_KWARGS:
+            raise UnsupportedAttentionArgument(
+                f"the model passes {name}={type(value).__name__} to its attention, which the project's kernel "
+                f"({REFERENCE_KERNEL}) does not implement: use method=dense with attn_implementation=sdpa")
+
+
+def sink_window_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                          sliding_window=None, softcap=None, s_aux=None, **kwargs):
+    """query [B, H, Q, D]; key/value [B, Hkv, K, D] (cache + chunk), rotated at true positions."""
+    serving = _SERVING.get()
+    if serving is None:
+        raise RuntimeError(
+            "lm_eval_streaming attention was called outside a streaming session: run the model "
+            "through lm_eval_streaming.core.scoring, not model.generate() or a plain forward"
+        )
+    check_attention_kwargs(kwargs)
+    if dropout:
+        raise UnsupportedAttentionArgument(f"attention dropout {dropout} (the model is in training mode)")
+    view = serving.view(module.layer_idx, sliding_window, query.device)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    observe = None if serving.observe is None else (lambda p: serving.observe(module.layer_idx, p))
+    return attend(query, key, value, view, scaling, softcap, s_aux, serving.stats, observe), None
 
 
 AttentionInterface.register(REFERENCE_KERNEL, sink_window_attention)

@@ -29,8 +29,9 @@ from typing import ClassVar
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from lm_eval_streaming.core.attention import rerotate
+from lm_eval_streaming.core.attention import LayerView, rerotate, sink_rotation
 from lm_eval_streaming.core.cache import cache_nbytes
+from lm_eval_streaming.core.layers import LayerSpec
 from lm_eval_streaming.core.policy import CachePolicy
 from lm_eval_streaming.options import as_bool, as_int
 
@@ -45,6 +46,7 @@ class ScoredPolicy(CachePolicy):
     position_shift: bool = False
 
     min_recent: ClassVar[int] = 1
+    uses_position_slots: ClassVar[bool] = False  # entries kept by score: no layer of its own window yet
     observes: ClassVar[bool] = True  # needs the attention probabilities (False: scores from keys only)
 
     def __post_init__(self):
@@ -98,9 +100,9 @@ class ScoredLayer(DynamicLayer):
 
     is_croppable = False
 
-    def __init__(self, policy: ScoredPolicy, inv_freq: torch.Tensor | None, **kwargs):
+    def __init__(self, policy: ScoredPolicy, spec: LayerSpec, **kwargs):
         super().__init__(**kwargs)
-        self.policy, self.inv_freq = policy, inv_freq
+        self.policy, self.spec = policy, spec
         self.n_seen = 0
         self.pos = self.score = None
 
@@ -118,10 +120,9 @@ class ScoredLayer(DynamicLayer):
             # Queries and new keys stay at their true positions; a kept key at slot s is moved to the distance
             # its slot gives: rotated to s + start - n_kept (a relative shift, so the queries need no change).
             slots = torch.arange(n_kept, device=keys.device)
-            delta = (slots + start - n_kept - self.pos[..., :n_kept]).to(torch.float32)
-            angles = delta[..., None] * self.inv_freq.to(keys.device, torch.float32)
-            emb = torch.cat([angles, angles], dim=-1)
-            kept = rerotate(keys[..., :n_kept, :], emb.cos(), emb.sin())
+            delta = slots + start - n_kept - self.pos[..., :n_kept]
+            cos, sin = sink_rotation(delta, self.spec.inv_freq.to(keys.device), self.spec.interleaved)
+            kept = rerotate(keys[..., :n_kept, :], cos, sin, self.spec.interleaved)
             keys = torch.cat([kept, keys[..., n_kept:, :]], dim=-2)
         return keys, values
 
@@ -159,9 +160,21 @@ class ScoredLayer(DynamicLayer):
 class EvictingCache(Cache):
     """A ``transformers`` cache of :class:`ScoredLayer`s, one per decoder layer."""
 
-    def __init__(self, policy: ScoredPolicy, num_layers: int, inv_freq: torch.Tensor | None = None):
-        super().__init__(layers=[ScoredLayer(policy, inv_freq) for _ in range(num_layers)])
+    def __init__(self, policy: ScoredPolicy, specs: list[LayerSpec]):
+        super().__init__(layers=[ScoredLayer(policy, spec) for spec in specs])
         self.policy = policy
+
+    def views(self, blocked: torch.Tensor):
+        """The view source of one piece: every layer sees its kept entries and the piece causally (``blocked``,
+        from :func:`chunk_mask`); no layer of this cache has a window of its own (``check_supported``)."""
+        view = LayerView(blocked)
+
+        def layer_view(layer_idx: int, window: int | None) -> LayerView:
+            if window is not None:
+                raise RuntimeError(f"layer {layer_idx} has a sliding window of its own ({window}): method="
+                                   f"{self.policy.method} keeps entries by score and does not support it")
+            return view
+        return layer_view
 
     @property
     def n_kept(self) -> int:
@@ -171,6 +184,9 @@ class EvictingCache(Cache):
     def observe(self, layer_idx: int, probs: torch.Tensor) -> None:
         """Called by the attention kernel with a layer's float32 probabilities [B, H, Q, K]."""
         self.layers[layer_idx].observe(probs)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self.batch_select_indices(rows)
 
     def prune(self) -> None:
         for layer in self.layers:

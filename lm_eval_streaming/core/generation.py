@@ -36,7 +36,9 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from lm_eval_streaming.core.attention import REFERENCE_KERNEL, attention_kernel
 from lm_eval_streaming.core.cache import cache_nbytes
 from lm_eval_streaming.core.policy import CachePolicy
-from lm_eval_streaming.core.scoring import Diagnostics, input_device, open_session, resolve_kernel
+from lm_eval_streaming.core.diagnostics import Diagnostics
+from lm_eval_streaming.core.scoring import resolve_kernel
+from lm_eval_streaming.core.sessions import input_device, open_session
 from lm_eval_streaming.errors import UserError
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, StreamingArgError, as_int
 

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from lm_eval_streaming.core.attention import REFERENCE_KERNEL, ChunkContext, attention_kernel, sink_window_attention
+from lm_eval_streaming.core.attention import REFERENCE_KERNEL, LayerView, attend, attention_kernel
+from lm_eval_streaming.core.cache import LayerRule
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, as_int
 from lm_eval_streaming.core.methods import baseline_policy
-from lm_eval_streaming.core.scoring import (ScoredTokens, available_bytes, input_device, open_session, resolve_kernel,
-                                            score_sequences)
+from lm_eval_streaming.core.scoring import ScoredTokens, available_bytes, resolve_kernel, score_sequences
+from lm_eval_streaming.core.sessions import input_device, open_session
 
 
 @dataclass
@@ -128,22 +129,25 @@ class _AttentionPairs:
 REFERENCE_BLOCK_SCORES = 1 << 22  # the reference holds at most this many float32 scores at once (16 MiB)
 
 
-def reference_attention(module, query, key, value, scaling, max_scores: int = REFERENCE_BLOCK_SCORES) -> torch.Tensor:
+def reference_attention(module, query, key, value, scaling, max_scores: int = REFERENCE_BLOCK_SCORES,
+                        sliding_window: int | None = None, softcap: float | None = None,
+                        s_aux: torch.Tensor | None = None) -> torch.Tensor:
     """The project's kernel in float32 on these q [B, H, Q, D] / k, v [B, Hkv, K, D] (dense causal, the queries
-    being the last Q positions of the K keys), in query blocks of at most ``max_scores`` scores."""
-    dense = baseline_policy()
+    being the last Q positions of the K keys; the layer's own ``sliding_window``, ``softcap`` and learned sinks
+    ``s_aux`` as the model passes them), in query blocks of at most ``max_scores`` scores."""
+    rule = LayerRule(baseline_policy(), sliding_window)
     n_q, n_k = query.shape[2], key.shape[2]
     offset = n_k - n_q
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    s_aux = None if s_aux is None else s_aux.float()
     block = max(1, max_scores // (query.shape[0] * query.shape[1] * n_k))
     outs = []
     for s in range(0, n_q, block):
         e = min(s + block, n_q)
         q_pos, k_pos = torch.arange(offset + s, offset + e), torch.arange(offset + e)  # later keys are masked anyway
-        ctx = ChunkContext.build(dense, q_pos, k_pos, None).to(query.device)
-        out, _ = sink_window_attention(module, query[:, :, s:e].float(), key[:, :, : offset + e].float(),
-                                       value[:, :, : offset + e].float(), None, scaling, streaming=ctx)
-        outs.append(out)
+        view = LayerView((~rule.visible(q_pos, k_pos)).to(query.device))
+        outs.append(attend(query[:, :, s:e].float(), key[:, :, : offset + e].float(), value[:, :, : offset + e].float(),
+                           view, scaling, softcap, s_aux))
     return torch.cat(outs, dim=1)  # [B, Q, H, D]
 
 
@@ -165,7 +169,9 @@ def paired_with_reference(kernel: str, pairs: _AttentionPairs):
         out, weights = fn(module, query, key, value, attention_mask, *args, **kwargs)
         scaling = kwargs.get("scaling", args[0] if args else None)
         with torch.no_grad():
-            ref = reference_attention(module, query.detach(), key.detach(), value.detach(), scaling)
+            ref = reference_attention(module, query.detach(), key.detach(), value.detach(), scaling,
+                                      sliding_window=kwargs.get("sliding_window"), softcap=kwargs.get("softcap"),
+                                      s_aux=kwargs.get("s_aux"))
             pairs.add(module.layer_idx, key.shape[2] - query.shape[2], (out.detach().float() - ref).abs())
         return out, weights
 

@@ -36,6 +36,7 @@ class CachePolicy:
     full_attention: ClassVar[bool] = False  # every earlier token at true positions (the dense baseline)
     uses_cache: ClassVar[bool] = True  # False: every position re-encodes its window (no KV cache)
     min_recent: ClassVar[int] = 0
+    uses_position_slots: ClassVar[bool] = True  # keeps entries by position (layers of their own window supported)
 
     def __post_init__(self):
         object.__setattr__(self, "start_size", as_int("start_size", self.start_size, 0))

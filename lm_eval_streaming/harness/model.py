@@ -26,8 +26,10 @@ from lm_eval_streaming.options import (DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, 
 from lm_eval_streaming.options import StreamingArgError
 from lm_eval_streaming.core.methods import policy_for
 from lm_eval_streaming.harness.scores import CONTEXT_BUCKETS, RollingResult, context_bucket
-from lm_eval_streaming.core.scoring import (Diagnostics, ScoredTokens, available_bytes, check_kernel, check_one_call,
-                                            estimate_bytes, input_device, resolve_kernel, score_sequences)
+from lm_eval_streaming.core.diagnostics import Diagnostics
+from lm_eval_streaming.core.scoring import (ScoredTokens, available_bytes, check_kernel, estimate_bytes, resolve_kernel,
+                                            score_sequences)
+from lm_eval_streaming.core.sessions import check_one_call, input_device
 
 logger = logging.getLogger(__name__)
 install_excepthook()
@@ -62,7 +64,7 @@ def _check_local_checkpoint(pretrained: str, tokenizer) -> None:
     check_hub_access(pretrained, arg="pretrained")  # an unreachable hub fails in seconds, not after a minute
 
 
-def _check_architecture(pretrained: str, policy, kwargs: dict) -> None:
+def _check_architecture(pretrained: str, policy, kwargs: dict, kernel: str | None) -> None:
     """Refuse an unsupported architecture from its config, before the weights are loaded."""
     from transformers import AutoConfig
 
@@ -71,7 +73,7 @@ def _check_architecture(pretrained: str, policy, kwargs: dict) -> None:
                                             trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
     except (OSError, ValueError):
         return  # lm-eval's own loading reports it
-    check_supported(config, policy)
+    check_supported(config, policy, kernel)
 
 
 # Key of the fingerprint stored in an lm-eval --use_cache database (request hashes are hex digests).
@@ -150,11 +152,11 @@ class StreamingHFLM(HFLM):
         _drop_local_revision(pretrained, kwargs)
         self._result_args = {k: v for k, v in kwargs.items() if k not in CACHE_NEUTRAL_ARGS}
         self._tokenizer_arg = kwargs.get("tokenizer")
-        _check_architecture(pretrained, self.policy, kwargs)
+        _check_architecture(pretrained, self.policy, kwargs, attn_implementation)
         if attn_implementation not in (None, REFERENCE_KERNEL):
             kwargs["attn_implementation"] = attn_implementation  # loaded as hf would load it
         super().__init__(pretrained=pretrained, device=resolve_device(device), **kwargs)
-        check_supported(self.config, self.policy)
+        check_supported(self.config, self.policy, attn_implementation)
         # The kernel each request runs: dense defaults to the model's own (what a plain forward computes).
         self.kernel = resolve_kernel(self.model, self.policy, attn_implementation)
         self.pretrained_id = pretrained
