@@ -26,6 +26,7 @@ from lm_eval_streaming.options import (DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, 
 from lm_eval_streaming.options import StreamingArgError
 from lm_eval_streaming.core.methods import policy_for
 from lm_eval_streaming.harness.scores import CONTEXT_BUCKETS, RollingResult, context_bucket
+from lm_eval_streaming.harness.use_cache import CACHE_NEUTRAL_ARGS, guard_cache, tokenizer_digest
 from lm_eval_streaming.core.diagnostics import Diagnostics
 from lm_eval_streaming.core.scoring import (ScoredTokens, available_bytes, check_kernel, estimate_bytes, resolve_kernel,
                                             score_sequences)
@@ -74,37 +75,6 @@ def _check_architecture(pretrained: str, policy, kwargs: dict, kernel: str | Non
     except (OSError, ValueError):
         return  # lm-eval's own loading reports it
     check_supported(config, policy, kernel)
-
-
-# Key of the fingerprint stored in an lm-eval --use_cache database (request hashes are hex digests).
-CACHE_FINGERPRINT_KEY = "lm_eval_streaming/fingerprint"
-# lm-eval's CachingLM reads and writes the table "unnamed" of the --use_cache file; streaming_hf keeps its
-# results in a table of its own, so `--model hf` (or any model) given the same file never reads them.
-CACHE_TABLE = "lm_eval_streaming"
-# Constructor args that change how a result is computed, not what it is (kept out of the fingerprint).
-CACHE_NEUTRAL_ARGS = frozenset({"batch_size", "max_batch_size", "device", "parallelize", "device_map",
-                                "max_memory_per_gpu", "max_cpu_memory", "offload_folder", "trust_remote_code",
-                                "pretrained", "tokenizer", "revision"})  # the last three: resolved below
-
-
-def _own_cache_table(db) -> None:
-    """Point lm-eval's cache (a SqliteDict, shared by CachingLM and its hook) at streaming_hf's own table."""
-    if getattr(db, "tablename", CACHE_TABLE) == CACHE_TABLE:
-        return
-    db.conn.execute(f'CREATE TABLE IF NOT EXISTS "{CACHE_TABLE}" (key TEXT PRIMARY KEY, value BLOB)')
-    db.commit()
-    db.tablename = CACHE_TABLE
-
-
-def _tokenizer_digest(tokenizer) -> str:
-    """Hash of what encodes text: the tokenizer's full definition (vocab, merges, normalizer, pre/post
-    processing) and special tokens, whatever path or object it came from."""
-    import hashlib
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    content = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-    extra = repr((type(tokenizer).__name__, tokenizer.all_special_tokens, getattr(tokenizer, "chat_template", None)))
-    return hashlib.sha256((content + extra).encode()).hexdigest()[:16]
 
 
 def _drop_local_revision(pretrained: str, kwargs: dict) -> None:
@@ -192,24 +162,8 @@ class StreamingHFLM(HFLM):
         model, method, cache size, kernel or dtype, so one setting's numbers never come back as another's."""
         super().set_cache_hook(cache_hook)
         db = getattr(cache_hook, "dbdict", None)
-        if db is None:
-            return
-        _own_cache_table(db)
-        mine = self.cache_fingerprint()
-        stored = db.get(CACHE_FINGERPRINT_KEY)
-        where = getattr(db, "filename", "the --use_cache database")
-        if stored is None and len(db):
-            raise StreamingArgError(
-                f"--use_cache {where}: it holds {len(db)} results without a streaming_hf fingerprint (another "
-                f"model type or an older version), keyed by request only; they could be another setting's. "
-                f"Use a new --use_cache path for {mine}")
-        if stored is not None and stored != mine:
-            raise StreamingArgError(
-                f"--use_cache {where} was filled by {stored}; this run is {mine}. Reusing it would report one "
-                f"setting's numbers as another's: use one --use_cache path per setting")
-        if stored is None:
-            db[CACHE_FINGERPRINT_KEY] = mine
-            db.commit()
+        if db is not None:
+            guard_cache(db, self.cache_fingerprint())
 
     def cache_fingerprint(self) -> str:
         """Everything that changes a result, as one line: the model (resolved path or hub id, revision and
@@ -227,7 +181,7 @@ class StreamingHFLM(HFLM):
         others = ",".join(f"{k}={v}" for k, v in sorted(self._result_args.items()))
         return (f"model={canonical_model_id(self.pretrained_id)} "
                 + (f"files={files_digest(self.pretrained_id)} " if local else f"revision={self.revision} ")
-                + f"sha={sha} tokenizer={tok_source} tokenizer_content={_tokenizer_digest(self.tokenizer)} "
+                + f"sha={sha} tokenizer={tok_source} tokenizer_content={tokenizer_digest(self.tokenizer)} "
                 f"dtype={dtype} device={input_device(self.model)} method={self.policy.method} {policy} "
                 f"chunk_size={self.recorded_chunk_size} attn_implementation={self.kernel} "
                 f"prefix_token_id={self.prefix_token_id} add_bos_token={self.add_bos_token} "
