@@ -179,3 +179,33 @@ def test_causality_probe_flags_a_kernel_that_sees_the_future(models, arch):
     leaky = causality_probe(model, ids, "test_leaky", chunk_size=64)
     assert leaky.max > 1e-2 and all(d > 1e-2 for d in leaky.max_abs_dlogit), leaky.max_abs_dlogit
     assert model.config._attn_implementation not in ("test_leaky", REFERENCE_KERNEL)
+
+
+@pytest.mark.parametrize("model_type,extra,kernels", [
+    ("mistral", {"sliding_window": 12}, ("sdpa", "eager")),
+    # sliding + global layers with softcapping; learned sinks (transformers gives both eager only)
+    ("gemma2", {"sliding_window": 12, "attn_logit_softcapping": 5.0}, ("eager",)),
+    ("gpt_oss", {"sliding_window": 12, "num_local_experts": 4, "num_experts_per_tok": 2}, ("eager",)),
+])
+def test_kernel_checks_follow_the_models_own_attention(model_type, extra, kernels):
+    """The reference of the kernel checks takes the model's window, softcap and learned sinks: a sound kernel
+    has no kernel error and no attention error on these models (the reference used to ignore them)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lm_eval_streaming.core.kernel_checks import attention_error
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  **extra)
+    model = AutoModelForCausalLM.from_config(config).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "q_proj" in name or "k_proj" in name:
+                p.mul_(4)
+    seqs = [_ids(70, seed=11), _ids(50, seed=12)]
+    for kernel in kernels:
+        err = kernel_error(model, seqs, kernel, chunk_size=16)
+        assert err.max < 1e-4 and err.nonfinite == 0, (kernel, err.max)
+        attn, _ = attention_error(model, seqs, kernel, chunk_size=16)
+        assert attn.max < 1e-4, (kernel, attn.max)
