@@ -5,7 +5,8 @@ For each type a tiny random float32 model (``tiny_models``) scores ``DOCS`` docu
 (longer than every sliding window) three ways, each compared with the model's own forward
 (``model(input_ids)``, its per-token NLL):
 
-- dense through the project's kernel (``attn_implementation=lm_eval_streaming``);
+- dense through every path of the project (``DENSE_PATHS``: its kernel chunk by chunk and in one call, the
+  model's own attention chunk by chunk);
 - every cache method of the registry with a cache larger than the document (it evicts nothing: = dense);
 - a method or kernel the project cannot run exactly must be refused: a ``UserError`` of one line, raised by
   ``check_supported`` or by ``score_sequences`` before any forward.
@@ -38,7 +39,12 @@ from lm_eval_streaming.errors import UserError
 TOL = 1e-5  # nats/token, float32
 DOCS, DOC_LEN, CHUNK = 2, 80, 32  # chunks smaller than a document: the cached path is exercised
 START_SIZE = 4  # with recent_size = DOC_LEN the cache is larger than the document
-DENSE_KERNEL = "dense kernel"
+# dense paths of the project: column -> (attn_implementation, one_call)
+DENSE_PATHS = {
+    "dense kernel": (REFERENCE_KERNEL, False),  # the project's kernel over its cache, chunk by chunk
+    "dense kernel, one call": (REFERENCE_KERNEL, True),  # chunk_size=full: one forward, no cache
+    "dense, own kernel": (None, False),  # the model's own attention over a transformers cache, chunked
+}
 FAILURES = ("WRONG", "crash")
 
 
@@ -92,12 +98,13 @@ def _count_forwards(model):
         handle.remove()
 
 
-def check(model, docs, reference: torch.Tensor, policy, kernel: str | None) -> Cell:
+def check(model, docs, reference: torch.Tensor, policy, kernel: str | None, one_call: bool = False) -> Cell:
     """One path of the project against the model's own numbers."""
     with _count_forwards(model) as calls:
         try:
             check_supported(model.config, policy)
-            got = score_sequences(model, docs, policy, chunk_size=CHUNK, attn_implementation=kernel)
+            got = score_sequences(model, docs, policy, chunk_size=CHUNK, attn_implementation=kernel,
+                                  one_call=one_call)
         except UserError as exc:
             if calls[0] or "\n" in str(exc).strip():
                 why = "after a forward" if calls[0] else "not one line"
@@ -123,7 +130,8 @@ def conform(model_type: str, methods: tuple[str, ...] | None = None) -> Row:
         row.not_built = one_line(exc)
         row.seconds = time.perf_counter() - start
         return row
-    row.cells[DENSE_KERNEL] = check(model, docs, reference, baseline_policy(), REFERENCE_KERNEL)
+    for name, (kernel, one_call) in DENSE_PATHS.items():
+        row.cells[name] = check(model, docs, reference, baseline_policy(), kernel, one_call)
     for method in methods or STREAMING_METHODS:
         row.cells[method] = check(model, docs, reference, policy_for(method, START_SIZE, DOC_LEN), None)
     row.seconds = time.perf_counter() - start
@@ -154,17 +162,17 @@ def table(rows: list[Row], command: str) -> str:
         "",
         f"{len(built)} types built; cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".",
         "",
-        "| model type | " + " | ".join([DENSE_KERNEL, *methods]) + " |",
-        "|---|" + "---|" * (len(methods) + 1),
+        "| model type | " + " | ".join([*DENSE_PATHS, *methods]) + " |",
+        "|---|" + "---|" * (len(methods) + len(DENSE_PATHS)),
     ]
     notes = []
     for row in built:
-        cells = [row.cells.get(m, Cell("-")).short() for m in [DENSE_KERNEL, *methods]]
+        cells = [row.cells.get(m, Cell("-")).short() for m in [*DENSE_PATHS, *methods]]
         lines.append(f"| {row.model_type} | " + " | ".join(cells) + " |")
         whys: dict[str, list[str]] = {}  # one note per reason, naming the paths that gave it
         for name, c in row.cells.items():
             if c.status in ("refused", "crash"):
-                whys.setdefault(re.sub(r"method=[\w-]+", "method=…", c.detail), []).append(name)
+                whys.setdefault(re.sub(rf"method={re.escape(name)}\b", "method=…", c.detail), []).append(name)
         notes += [f"- {row.model_type} ({', '.join(names)}): {_cell(w)}" for w, names in whys.items()]
     lines += ["", "## Why refused or crashed", "", *(notes or ["- none"]), "",
               "## Types not built tiny (transformers' own default config or forward fails)", ""]
