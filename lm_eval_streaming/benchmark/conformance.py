@@ -175,7 +175,7 @@ def table(rows: list[Row], command: str) -> str:
                 whys.setdefault(re.sub(rf"method={re.escape(name)}\b", "method=…", c.detail), []).append(name)
         notes += [f"- {row.model_type} ({', '.join(names)}): {_cell(w)}" for w, names in whys.items()]
     lines += ["", "## Why refused or crashed", "", *(notes or ["- none"]), "",
-              "## Types not built tiny (transformers' own default config or forward fails)", ""]
+              "## Types not built tiny (the shrunk default config, or the model's own forward on it, fails)", ""]
     lines += [f"- {r.model_type}: {_cell(r.not_built)}" for r in rows if r.not_built] or ["- none"]
     return "\n".join(lines) + "\n"
 

@@ -24,6 +24,8 @@ SIZES = {
     "encoder_layers": LAYERS, "decoder_layers": LAYERS, "encoder_attention_heads": 4,
     "decoder_attention_heads": 4, "n_group": 1, "topk_group": 1,
 }
+# set even where the default leaves them None: some models need them (Ministral's head_dim, Nemotron's KV heads)
+NEEDED = ("head_dim", "num_key_value_heads", "num_experts_per_tok")
 
 
 def causal_lm_types() -> list[str]:
@@ -63,14 +65,14 @@ def _shrink(config) -> None:
     heads = getattr(config, "num_attention_heads", None)
     kv = getattr(config, "num_key_value_heads", None)
     sizes = dict(SIZES)
-    if kv is not None:
-        sizes["num_key_value_heads"] = 2 if isinstance(heads, int) and kv < heads else 4
+    if kv is not None or "num_key_value_heads" in vars(config):
+        sizes["num_key_value_heads"] = 2 if isinstance(heads, int) and isinstance(kv, int) and kv < heads else 4
     # head_dim 16; MLA families (a rotary part of the head) keep head_dim = their rotary head dim
     sizes["head_dim"] = SIZES["qk_rope_head_dim"] if getattr(config, "qk_rope_head_dim", None) else 16
     sizes["rotary_dim"] = 8  # GPT-J / CodeGen: the rotary part of a 16-dim head
     sizes["sliding_window"] = WINDOW
     for name, value in sizes.items():
-        if getattr(config, name, None) is not None:
+        if getattr(config, name, None) is not None or (name in NEEDED and name in vars(config)):
             try:
                 setattr(config, name, value)
             except AttributeError:  # a derived property (e.g. Falcon's head_dim)
