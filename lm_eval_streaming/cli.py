@@ -1,4 +1,5 @@
-"""lm-eval-streaming: benchmark, speed, experiment, analyze, plot, leaderboard, recall-report, prepare-model.
+"""lm-eval-streaming: benchmark, speed, experiment, analyze, plot, leaderboard, recall-report, prepare-model,
+conformance.
 
 Every subcommand goes through one error path: a user error (:class:`errors.UserError`, or a
 named file that is missing or unreadable) ends the run with one line
@@ -26,6 +27,7 @@ COMMANDS = {
     "leaderboard": "leaderboard.command",
     "recall-report": "analysis.recall_report",
     "prepare-model": "default_model.cli",
+    "conformance": "benchmark.conformance",
 }
 
 

@@ -31,6 +31,7 @@ MISTAKES = [
     ("recall-report", ["{tmp}", "--trained_context", "-1"], "-1"),
     ("recall-report", ["{tmp}"], "no streaming_recall"),
     ("prepare-model", ["--gguf", "{tmp}/missing.gguf"], "missing.gguf"),
+    pytest.param("conformance", ["--types", "nosuch"], "'nosuch'", marks=pytest.mark.slow, id="conformance"),
 ]
 
 
