@@ -12,7 +12,8 @@ Semantics for models with sliding layers (window ``W``: a query at ``t`` sees ke
 transformers' ``sliding_window_overlay``): a layer whose own ``W <= start_size + recent_size`` keeps its own
 window at true positions (the model's layer, unchanged); every other layer (global layers, sliding layers with
 a larger window) gets the method: streaming_llm the first ``start_size`` and the last ``recent_size`` tokens
-(sinks at the shifted distance, or their true one without the shift), window the last ``start + recent``.
+(sinks at the shifted distance, or their true one without the shift), window the last ``start + recent``;
+a sliding layer never sees a key at a distance of ``W`` or more (only the no-shift sinks can be that far).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def kept(t: int, window: int | None, method: str | None, sinks: int, recent: int
         return [(k, t - k) for k in range(t - budget, t)]
     assert method == "streaming_llm", method
     head = [(i, budget - i if shift else t - i) for i in range(sinks)]
-    return head + [(k, t - k) for k in range(t - recent, t)]
+    seen = head + [(k, t - k) for k in range(t - recent, t)]
+    # a sliding layer never sees a key at a distance its own window never showed it (the no-shift sinks)
+    return seen if window is None else [(k, d) for k, d in seen if d < window]
 
 
 @torch.no_grad()
