@@ -98,11 +98,12 @@ def _count_forwards(model):
         handle.remove()
 
 
-def check(model, docs, reference: torch.Tensor, policy, kernel: str | None, one_call: bool = False) -> Cell:
+def check(model, docs, reference: torch.Tensor, policy, kernel: str | None, one_call: bool = False,
+          tol: float = TOL) -> Cell:
     """One path of the project against the model's own numbers."""
     with _count_forwards(model) as calls:
         try:
-            check_supported(model.config, policy)
+            check_supported(model.config, policy, kernel, one_call)
             got = score_sequences(model, docs, policy, chunk_size=CHUNK, attn_implementation=kernel,
                                   one_call=one_call)
         except UserError as exc:
@@ -113,7 +114,7 @@ def check(model, docs, reference: torch.Tensor, policy, kernel: str | None, one_
         except Exception as exc:  # noqa: BLE001  (any other exception is a traceback for the user)
             return Cell("crash", one_line(exc))
     delta = max(float((g.nll - r).abs().max()) for g, r in zip(got, reference))
-    if not delta <= TOL:  # NaN is WRONG too
+    if not delta <= tol:  # NaN is WRONG too
         return Cell("WRONG", f"{delta:.2g}")
     return Cell("exact", f"{delta:.1g}")
 
@@ -132,8 +133,12 @@ def conform(model_type: str, methods: tuple[str, ...] | None = None) -> Row:
         return row
     for name, (kernel, one_call) in DENSE_PATHS.items():
         row.cells[name] = check(model, docs, reference, baseline_policy(), kernel, one_call)
+    # a family whose own float32 rounding is near TOL (MiniCPM3's scaled residuals: the dense kernel already
+    # differs by 1e-5) gets the cache methods judged against twice that rounding, never more
+    dense = row.cells["dense kernel"]
+    tol = max(TOL, 2 * float(dense.detail)) if dense.status == "exact" else TOL
     for method in methods or STREAMING_METHODS:
-        row.cells[method] = check(model, docs, reference, policy_for(method, START_SIZE, DOC_LEN), None)
+        row.cells[method] = check(model, docs, reference, policy_for(method, START_SIZE, DOC_LEN), None, tol=tol)
     row.seconds = time.perf_counter() - start
     return row
 
@@ -155,7 +160,8 @@ def table(rows: list[Row], command: str) -> str:
         f"every causal-LM model type transformers registers ({len(rows)}), a tiny random float32 model of each "
         f"(hidden 64, 4 heads, vocabulary {VOCAB}, sliding windows of 12 tokens), {DOCS} documents of {DOC_LEN} "
         f"tokens, chunks of {CHUNK}. Each cell compares the per-token NLL with the model's own `model(input_ids)`: "
-        f"**exact** (max |ΔNLL| <= {TOL:g} nats/token), **refused** (one line before any forward, reason below), "
+        f"**exact** (max |ΔNLL| <= {TOL:g} nats/token; for a cache method, or twice the dense kernel's own "
+        f"rounding where that is larger), **refused** (one line before any forward, reason below), "
         f"**WRONG** (max |ΔNLL|: a silently different number) or **crash** (a traceback). The cache methods run "
         f"with start_size {START_SIZE} and recent_size {DOC_LEN}: a cache larger than the document, so they must "
         f"equal dense.",

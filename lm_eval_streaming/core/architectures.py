@@ -24,8 +24,28 @@ REFUSED_STREAMING = {
     "mpt": "ALiBi position biases",
     "falcon": "ALiBi or rotary depending on the checkpoint; not supported yet",
 }
-# Families whose attention the project's kernel cannot compute (filled from the conformance table).
-REFUSED_KERNEL: dict[str, str] = {}
+_ENCODER = "a bidirectional encoder: its forward attends both ways, so a causal or chunked score differs"
+_SEQ2SEQ = "the decoder of an encoder-decoder family: its positions and cache are not the project's"
+# Model types whose forward no chunked score reproduces (docs/conformance.md: the model's own attention, chunk by
+# chunk, differs from one forward): only ``method=dense`` in one plain forward (chunk_size=full) scores them.
+NOT_CHUNKABLE = {
+    **dict.fromkeys(("bert", "bert-generation", "big_bird", "camembert", "data2vec-text", "electra", "ernie",
+                     "megatron-bert", "rembert", "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "xlm",
+                     "xlm-roberta", "xlm-roberta-xl"), _ENCODER),
+    "openai-gpt": "no KV cache: a chunk would see only itself",
+    "cpmant": "its own position bias and cache layout",
+    "mamba": "recurrent (state-space) layers", "falcon_mamba": "recurrent (state-space) layers",
+    "minimax": "linear-attention layers", "moshi": "a depth decoder beside its attention",
+}
+# Model types whose attention the project's kernel does not reproduce (docs/conformance.md: WRONG or crash).
+REFUSED_KERNEL = {
+    **dict.fromkeys(("bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "marian", "mbart", "mvp", "pegasus",
+                     "plbart", "trocr"), _SEQ2SEQ),
+    "bloom": "ALiBi position biases", "mpt": "ALiBi position biases",
+    "gpt_neo": "local attention layers with their own masks", "xglm": "its own attention signature",
+    "git": "image-text attention masks", "got_ocr2": "a vision-language model's own forward",
+    "gpt_neox_japanese": "its own attention signature",
+}
 
 
 class UnsupportedArchitecture(UserError, ValueError):
@@ -33,12 +53,24 @@ class UnsupportedArchitecture(UserError, ValueError):
 
 
 def _model_type(config) -> str:
-    return getattr(config.get_text_config(), "model_type", None) or getattr(config, "model_type", "?")
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "model_type", None) or getattr(config, "model_type", "?")
+
+
+def check_chunkable(config, one_call: bool = False) -> None:
+    """Refuse a model that no chunked score reproduces, unless it is scored in one plain forward."""
+    model_type = _model_type(config)
+    if model_type in NOT_CHUNKABLE and not one_call:
+        raise UnsupportedArchitecture(f"architecture {model_type!r} ({NOT_CHUNKABLE[model_type]}) cannot be scored in "
+                                      "chunks; only method=dense with chunk_size=full (one plain forward) scores it")
 
 
 def check_kernel_supported(config) -> None:
     """Refuse, in one line, a model the project's kernel (any method, dense included) would compute wrong."""
     model_type = _model_type(config)
+    if model_type in NOT_CHUNKABLE:
+        raise UnsupportedArchitecture(f"architecture {model_type!r} ({NOT_CHUNKABLE[model_type]}) cannot run through "
+                                      "the project's kernel; method=dense with chunk_size=full scores it")
     if model_type in REFUSED_KERNEL:
         raise UnsupportedArchitecture(f"architecture {model_type!r} ({REFUSED_KERNEL[model_type]}) cannot run through "
                                       "the project's kernel; method=dense with the model's own kernel works")
@@ -48,12 +80,13 @@ def check_kernel_supported(config) -> None:
                                       "kernel does not compute; method=dense with the model's own kernel works")
 
 
-def check_supported(config, policy, kernel: str | None = None) -> None:
+def check_supported(config, policy, kernel: str | None = None, one_call: bool = False) -> None:
     """Refuse, naming the architecture, anything ``policy`` (through ``kernel``: None, the model's own for
-    dense) would silently compute wrong."""
+    dense; ``one_call``: dense in one plain forward) would silently compute wrong."""
     if policy.full_attention:
         if kernel == REFERENCE_KERNEL:
             check_kernel_supported(config)
+        check_chunkable(config, one_call)
         return
     method = policy.method
     model_type = _model_type(config)

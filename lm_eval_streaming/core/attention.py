@@ -140,7 +140,7 @@ def attend(query, key, value, view: LayerView, scaling: float, softcap: float | 
            s_aux: torch.Tensor | None = None, stats: ScoreStats | None = None, observe=None):
     """query [B, H, Q, D]; key/value [B, Hkv, K, D] rotated at true positions -> output [B, Q, H, D] and the
     float32 probabilities (handed to ``observe`` when given)."""
-    batch, heads, n_q, dim = query.shape
+    batch, heads, n_q, _ = query.shape
     kv_heads = key.shape[1]
     # Grouped-query attention without copying keys: fold the query groups into the query axis.
     grouped = lambda x: x.reshape(batch, kv_heads, (heads // kv_heads) * n_q, x.shape[-1])  # noqa: E731
@@ -163,7 +163,8 @@ def attend(query, key, value, view: LayerView, scaling: float, softcap: float | 
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
     if observe is not None:
         observe(probs)
-    out = torch.matmul(grouped(probs.to(value.dtype).view(batch, heads, n_q, -1)), value).view(batch, heads, n_q, dim)
+    out = torch.matmul(grouped(probs.to(value.dtype).view(batch, heads, n_q, -1)), value)
+    out = out.view(batch, heads, n_q, value.shape[-1])  # value heads may be narrower (latent attention)
     return out.transpose(1, 2).contiguous()
 
 

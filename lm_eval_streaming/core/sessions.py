@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from lm_eval_streaming.core.architectures import UnsupportedArchitecture, check_kernel_supported
+from lm_eval_streaming.core.architectures import UnsupportedArchitecture, check_kernel_supported, check_supported
 from lm_eval_streaming.core.attention import REFERENCE_KERNEL, Serving, serve
-from lm_eval_streaming.core.cache import StreamingCache, cache_nbytes
+from lm_eval_streaming.core.cache import LayerRule, StreamingCache, cache_nbytes
 from lm_eval_streaming.core.diagnostics import Diagnostics
 from lm_eval_streaming.core.eviction import EvictingCache, ScoredPolicy, chunk_mask, pieces
 from lm_eval_streaming.core.layers import layer_specs
 from lm_eval_streaming.core.methods import baseline_policy
 from lm_eval_streaming.core.policy import CachePolicy
+from lm_eval_streaming.core.rotary_probe import shift_mismatch
 from lm_eval_streaming.options import StreamingArgError
 
 # Windows re-encoded per forward by sliding_recompute: bounds its activation memory.
@@ -51,11 +52,13 @@ def _specs(model, policy: CachePolicy):
     check_kernel_supported(model.config)
     specs = layer_specs(model)
     if policy.needs_rotary:
-        budget = policy.budget
-        missing = [i for i, s in enumerate(specs) if s.inv_freq is None and not (s.window and s.window <= budget)]
-        if missing:
-            raise UnsupportedArchitecture(f"method={policy.method} shifts positions, but layer {missing[0]} of "
-                                          f"{type(model).__name__} has no rotary embedding the project can find")
+        shifted = [i for i, s in enumerate(specs) if not LayerRule(policy, s.window).own]
+        missing = [i for i in shifted if specs[i].inv_freq is None]
+        why = (f"layer {missing[0]} of {type(model).__name__} has no rotary embedding the project can find"
+               if missing else shift_mismatch(model, specs, shifted))
+        if why:
+            raise UnsupportedArchitecture(f"method={policy.method} shifts positions, but {why}; position_shift=false "
+                                          "or method=window keep every key at its true position and work")
     return specs
 
 
@@ -272,6 +275,7 @@ def open_session(model, policy: CachePolicy, diagnostics: Diagnostics | None = N
     """A session for ``policy``; the caller holds ``attention_kernel(model, kernel)`` while feeding it.
     ``one_call``: dense in one plain forward over the whole sequence (feed it once)."""
     check_one_call(policy, one_call)
+    check_supported(model.config, policy, kernel, one_call)
     if one_call:
         return OneCallSession(model, policy, diagnostics, kernel)
     if kernel != REFERENCE_KERNEL:

@@ -65,7 +65,7 @@ def _check_local_checkpoint(pretrained: str, tokenizer) -> None:
     check_hub_access(pretrained, arg="pretrained")  # an unreachable hub fails in seconds, not after a minute
 
 
-def _check_architecture(pretrained: str, policy, kwargs: dict, kernel: str | None) -> None:
+def _check_architecture(pretrained: str, policy, kwargs: dict, kernel: str | None, one_call: bool) -> None:
     """Refuse an unsupported architecture from its config, before the weights are loaded."""
     from transformers import AutoConfig
 
@@ -74,7 +74,7 @@ def _check_architecture(pretrained: str, policy, kwargs: dict, kernel: str | Non
                                             trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
     except (OSError, ValueError):
         return  # lm-eval's own loading reports it
-    check_supported(config, policy, kernel)
+    check_supported(config, policy, kernel, one_call)
 
 
 def _drop_local_revision(pretrained: str, kwargs: dict) -> None:
@@ -122,11 +122,11 @@ class StreamingHFLM(HFLM):
         _drop_local_revision(pretrained, kwargs)
         self._result_args = {k: v for k, v in kwargs.items() if k not in CACHE_NEUTRAL_ARGS}
         self._tokenizer_arg = kwargs.get("tokenizer")
-        _check_architecture(pretrained, self.policy, kwargs, attn_implementation)
+        _check_architecture(pretrained, self.policy, kwargs, attn_implementation, self.one_call)
         if attn_implementation not in (None, REFERENCE_KERNEL):
             kwargs["attn_implementation"] = attn_implementation  # loaded as hf would load it
         super().__init__(pretrained=pretrained, device=resolve_device(device), **kwargs)
-        check_supported(self.config, self.policy, attn_implementation)
+        check_supported(self.config, self.policy, attn_implementation, self.one_call)
         # The kernel each request runs: dense defaults to the model's own (what a plain forward computes).
         self.kernel = resolve_kernel(self.model, self.policy, attn_implementation)
         self.pretrained_id = pretrained
