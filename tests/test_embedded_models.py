@@ -178,7 +178,7 @@ def test_real_gemma_dense_equals_hf_per_document():
 
     path = gemma_checkpoint()
     task, limit = "streaming_ppl_1000", 2
-    ref = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path}", tasks=[task], limit=limit,
+    ref = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path},device=cpu", tasks=[task], limit=limit,
                                   log_samples=True)
     got = lm_eval.simple_evaluate(model="streaming_hf", model_args=f"pretrained={GEMMA},method=dense",
                                   tasks=[task], limit=limit, log_samples=True)
