@@ -148,6 +148,7 @@ def gemma_checkpoint() -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_real_gemma_config_and_perplexity():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
