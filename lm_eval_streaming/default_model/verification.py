@@ -49,10 +49,11 @@ def _files_under(directory: Path) -> list[str]:
     )
 
 
-def verify_checkpoint(directory: str | os.PathLike) -> str | None:
-    """``None`` when ``directory`` holds a complete checkpoint whose files match its
+def verify_checkpoint(directory: str | os.PathLike, model: str = names.DEFAULT_MODEL_NAME) -> str | None:
+    """``None`` when ``directory`` holds a complete checkpoint of ``model`` whose files match its
     manifest (size and sha256 of every file), else a sentence saying what is wrong."""
     directory = Path(directory)
+    expected = names.spec(model).conversion_version
     if not directory.is_dir():
         return f"{directory} does not exist"
     manifest_path = directory / MANIFEST_NAME
@@ -61,9 +62,10 @@ def verify_checkpoint(directory: str | os.PathLike) -> str | None:
         files = manifest["files"]
         if manifest.get("format") != MANIFEST_FORMAT:
             return f"manifest format {manifest.get('format')!r}, expected {MANIFEST_FORMAT}"
-        if manifest.get("conversion_version") != names.CONVERSION_VERSION:
-            return (f"conversion version {manifest.get('conversion_version')!r}, "
-                    f"expected {names.CONVERSION_VERSION}")
+        if manifest.get("model") != names.spec(model).name:
+            return f"the manifest is of model {manifest.get('model')!r}, expected {names.spec(model).name!r}"
+        if manifest.get("conversion_version") != expected:
+            return f"conversion version {manifest.get('conversion_version')!r}, expected {expected}"
         entries = [(str(name), int(e["size"]), str(e["sha256"])) for name, e in files.items()]
     except FileNotFoundError:
         return f"{manifest_path} is missing"
@@ -93,7 +95,7 @@ def verify_checkpoint(directory: str | os.PathLike) -> str | None:
     return None
 
 
-def write_manifest(directory: Path, source, progress: bool) -> dict:
+def write_manifest(directory: Path, source, progress: bool, model: str = names.DEFAULT_MODEL_NAME) -> dict:
     """Fsync every file of ``directory`` and record its size and sha256 (``source``: a discovery.GgufSource)."""
     import torch
     import transformers
@@ -108,8 +110,8 @@ def write_manifest(directory: Path, source, progress: bool) -> dict:
             files[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     manifest = {
         "format": MANIFEST_FORMAT,
-        "model": names.DEFAULT_MODEL_NAME,
-        "conversion_version": names.CONVERSION_VERSION,
+        "model": names.spec(model).name,
+        "conversion_version": names.spec(model).conversion_version,
         "source": {"origin": source.origin, "file": source.path.name, "sha256": source.sha256},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "transformers_version": transformers.__version__,

@@ -9,7 +9,10 @@ loader knows, so a streaming_hf run of the default model is given
 - ``pretrained=smollm2-135m`` in the model args (its name in the results), and
 - ``tokenizer=<the converted checkpoint>`` in the task metadata (the tokenizer the model uses),
 
-unless the user named them. A path or hub id is left as it is: tasks load the same id the model does.
+unless the user named them. Another embedded model (``pretrained=gemma-3-270m``) is converted once if
+needed and named by its checkpoint directory (the adapter loads that like any local checkpoint; the
+records map the directory back to the model's name). A path or hub id is left as it is: tasks load the
+same id the model does.
 The start-up hook applies these (by name, like the model's registration) to lm-eval's CLI config and to
 ``simple_evaluate``; nothing here imports torch.
 """
@@ -45,9 +48,8 @@ def _pretrained(model_args) -> str | None:
     return None
 
 
-def _with_default_name(model_args):
-    """The model args naming the default model ``smollm2-135m`` (string stays string, dict stays dict)."""
-    name = default_model.DEFAULT_MODEL_NAME
+def _with_pretrained(model_args, name: str):
+    """The model args with ``pretrained=name`` (string stays string, dict stays dict)."""
     if isinstance(model_args, dict):
         return {**model_args, "pretrained": name}
     parts = [p for p in (model_args or "").split(",") if p.strip()
@@ -63,10 +65,13 @@ def _has_key(args, key: str) -> bool:
 
 
 def default_model_args(model, model_args, metadata):
-    """(model_args, metadata) for lm-eval: unchanged unless ``model`` is streaming_hf on the default model."""
-    if model != MODEL_NAME or not default_model.is_default(_pretrained(model_args)):
+    """(model_args, metadata) for lm-eval: unchanged unless ``model`` is streaming_hf on an embedded model."""
+    embedded = default_model.lookup(_pretrained(model_args)) if model == MODEL_NAME else None
+    if embedded is None:
         return model_args, metadata
-    model_args = _with_default_name(model_args)
+    if embedded.name != default_model.DEFAULT_MODEL_NAME:  # not found: the pip command, before any work
+        return _with_pretrained(model_args, str(default_model.ensure_model(embedded.name))), metadata
+    model_args = _with_pretrained(model_args, embedded.name)
     metadata = dict(metadata or {})
     if not _has_key(model_args, "tokenizer") and not _has_key(metadata, "tokenizer"):
         checkpoint = _default_checkpoint()

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from lm_eval_streaming.core.loading import canonical_model_id
-from lm_eval_streaming.default_model import DEFAULT_MODEL_NAME, checkpoint_name, is_default
+from lm_eval_streaming.default_model import DEFAULT_MODEL_NAME, lookup, model_of_checkpoint
 from lm_eval_streaming.options import (DEFAULT_CHUNK_SIZE, DEFAULT_METHOD, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, FULL_CHUNK,
                                        as_int)
 
@@ -62,16 +62,19 @@ def _looks_local(text: str) -> bool:
 
 
 def model_id(pretrained) -> str:
-    """The model's identity: the default model's name, a hub id, or a local path as recorded (normalised)."""
-    if pretrained is None or not str(pretrained).strip() or is_default(str(pretrained)):
+    """The model's identity: an embedded model's name, a hub id, or a local path as recorded (normalised)."""
+    if pretrained is None or not str(pretrained).strip():
         return DEFAULT_MODEL_NAME
+    embedded = lookup(str(pretrained))
+    if embedded is not None:
+        return embedded.name
     text = str(pretrained).strip()
     if not _looks_local(text):
         return text
     # one checkpoint under two spellings (a symlink, a relative path) is one model: core.loading's rule
     text = canonical_model_id(os.path.normpath(os.path.expanduser(text)))
-    # The official conversion of the default model (another GGUF's conversion is another model).
-    return DEFAULT_MODEL_NAME if Path(text).name == checkpoint_name() else text
+    # The official conversion of an embedded model (another GGUF's conversion is another model).
+    return model_of_checkpoint(text) or text
 
 
 def short_model(model: str) -> str:
