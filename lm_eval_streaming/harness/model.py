@@ -116,8 +116,7 @@ class StreamingHFLM(HFLM):
         _check_batch_size(kwargs.get("batch_size", 1))
         check_kernel(self.policy, attn_implementation)
         check_attention_name(attn_implementation)
-        if pretrained is None or default_model.is_default(pretrained):
-            pretrained = str(default_model.ensure_default_model())
+        pretrained = default_model.resolve(pretrained) or pretrained  # an embedded model's name: its checkpoint
         _check_local_checkpoint(pretrained, kwargs.get("tokenizer"))
         _drop_local_revision(pretrained, kwargs)
         self._result_args = {k: v for k, v in kwargs.items() if k not in CACHE_NEUTRAL_ARGS}
