@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-INTERLEAVED = ("gptj", "cohere", "cohere2", "glm")  # rotary on pairs (2i, 2i+1) instead of rotate-half
+INTERLEAVED = ("gptj", "cohere", "cohere2", "glm", "ernie4_5", "helium")  # rotary on pairs (2i, 2i+1) instead of rotate-half
 
 
 def layer_windows(config) -> list[int | None]:

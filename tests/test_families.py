@@ -53,6 +53,8 @@ FAMILIES = {
     "granite": ("granite", {}),
     "cohere": ("cohere", {}),  # interleaved rotary
     "glm": ("glm", {"head_dim": 16}),  # interleaved rotary on half of each head
+    "ernie4_5": ("ernie4_5", {"head_dim": 16}),  # interleaved rotary
+    "helium": ("helium", {"head_dim": 16}),  # interleaved rotary
     "gptj": ("gptj", {"n_embd": 64, "n_head": 4, "n_layer": 2, "n_positions": 256, "rotary_dim": 8,
                       "n_inner": 128}),  # interleaved rotary on the first 8 dims of each head
     "gpt_oss_W6": ("gpt_oss", {"head_dim": 16, "sliding_window": 6, "layer_types": SLIDING_3[:2],
@@ -164,18 +166,23 @@ def test_streaming_method_matches_family_reference(models, case, method, shift):
         assert (got - ref).abs().max() <= TOL, (chunk, float((got - ref).abs().max()))
 
 
-@pytest.mark.parametrize("model_type", ["deepseek_v2", "minicpm3", "exaone4"])
-def test_shift_is_refused_where_the_models_rotation_is_not_the_projects(model_type):
-    """Multi-head latent attention (the rotary part at the end of each head) and global layers without rotary:
-    the rotary probe sees that re-rotating the queries would not be the model's own rotation, and the run stops
-    in one line before scoring; without the shift nothing is re-rotated and the run goes on."""
-    from lm_eval_streaming.benchmark.tiny_models import tiny_model
-    from lm_eval_streaming.core.architectures import UnsupportedArchitecture
+@pytest.mark.parametrize("model_type", ["deepseek_v2", "minicpm3", "exaone4", "nanochat"])
+def test_shift_is_refused_where_the_models_rotation_is_not_the_projects(model_type, monkeypatch):
+    """Multi-head latent attention (the rotary part at the end of each head), global layers without rotary, a
+    rotation the other way: refused by name from the config, before any weights load; and the table is what the
+    rotary probe measures: without the table entry the run still stops in one line before scoring. Without the
+    shift nothing is re-rotated and the run goes on."""
+    import lm_eval_streaming.core.architectures as architectures
+    from lm_eval_streaming.benchmark.tiny_models import tiny_config, tiny_model
 
+    policy = policy_for("streaming_llm", start_size=SINKS, recent_size=RECENT)
+    with pytest.raises(architectures.UnsupportedArchitecture, match=f"'{model_type}' .*positional shift"):
+        architectures.check_supported(tiny_config(model_type), policy)
+    monkeypatch.setattr(architectures, "SHIFT_REFUSED", {})
     model = tiny_model(model_type)
     ids = [random.Random(3).randrange(VOCAB) for _ in range(LENGTH)]
-    with pytest.raises(UnsupportedArchitecture, match="shifts positions, but layer") as err:
-        score_sequences(model, [ids], policy_for("streaming_llm", start_size=SINKS, recent_size=RECENT))
+    with pytest.raises(architectures.UnsupportedArchitecture, match="shifts positions, but layer") as err:
+        score_sequences(model, [ids], policy)
     assert "\n" not in str(err.value)
     score_sequences(model, [ids], policy_for("streaming_llm", start_size=SINKS, recent_size=RECENT,
                                              position_shift=False))

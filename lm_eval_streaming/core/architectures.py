@@ -48,18 +48,35 @@ REFUSED_KERNEL = {
 }
 
 
+_LATENT = "latent attention: the rotary part sits at the end of each head"
+_NOPE = "global layers without rotary embedding"
+# Model types whose rotation the positional shift cannot reproduce, found by the rotary probe (``rotary_probe.py``,
+# which also stops any family not listed here whose rotation turns out otherwise); the shift is refused on them,
+# position_shift=false and window work.
+SHIFT_REFUSED = {
+    **dict.fromkeys(("deepseek_v2", "deepseek_v3", "minicpm3", "glm4_moe_lite", "sarvam_mla", "youtu", "axk1"),
+                    _LATENT),
+    **dict.fromkeys(("cohere2", "cohere2_moe", "exaone4", "exaone_moe", "afmoe", "flint", "kolibri1"), _NOPE),
+    "nanochat": "its rotation turns the other way",
+}
+
+
 class UnsupportedArchitecture(UserError, ValueError):
     pass
 
 
-def _model_type(config) -> str:
+def _model_type(config, table: dict | None = None) -> str:
+    """The model type (the text model's, or the outer one when it is the one in ``table``)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text, "model_type", None) or getattr(config, "model_type", "?")
+    outer = getattr(config, "model_type", "?")
+    if table is not None and outer in table:
+        return outer
+    return getattr(text, "model_type", None) or outer
 
 
 def check_chunkable(config, one_call: bool = False) -> None:
     """Refuse a model that no chunked score reproduces, unless it is scored in one plain forward."""
-    model_type = _model_type(config)
+    model_type = _model_type(config, NOT_CHUNKABLE)
     if model_type in NOT_CHUNKABLE and not one_call:
         raise UnsupportedArchitecture(f"architecture {model_type!r} ({NOT_CHUNKABLE[model_type]}) cannot be scored in "
                                       "chunks; only method=dense with chunk_size=full (one plain forward) scores it")
@@ -67,7 +84,7 @@ def check_chunkable(config, one_call: bool = False) -> None:
 
 def check_kernel_supported(config) -> None:
     """Refuse, in one line, a model the project's kernel (any method, dense included) would compute wrong."""
-    model_type = _model_type(config)
+    model_type = _model_type(config, {**NOT_CHUNKABLE, **REFUSED_KERNEL})
     if model_type in NOT_CHUNKABLE:
         raise UnsupportedArchitecture(f"architecture {model_type!r} ({NOT_CHUNKABLE[model_type]}) cannot run through "
                                       "the project's kernel; method=dense with chunk_size=full scores it")
@@ -99,6 +116,11 @@ def check_supported(config, policy, kernel: str | None = None, one_call: bool = 
         raise UnsupportedArchitecture(
             f"architecture {model_type!r} has sliding-window layers ({min(windows)} tokens), which method={method} "
             "does not support yet (its cache keeps entries by score); streaming_llm and window do")
+    if policy.needs_rotary and _model_type(config, SHIFT_REFUSED) in SHIFT_REFUSED:
+        model_type = _model_type(config, SHIFT_REFUSED)
+        raise UnsupportedArchitecture(f"architecture {model_type!r} ({SHIFT_REFUSED[model_type]}) cannot take "
+                                      f"method={method}'s positional shift; position_shift=false or method=window "
+                                      "keep every key at its true position and work")
     if policy.needs_rotary:
         for layer_type, rope_type in rope_types(config).items():
             if rope_type not in LINEAR_ROPE_TYPES:

@@ -13,7 +13,7 @@ import torch
 # Layer types transformers gives an attention layer; anything else (chunked, linear, conv, shared) is refused.
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 # Rotary conventions that pair dims (2i, 2i+1) instead of rotating the two halves (rotate_half).
-INTERLEAVED_ROTARY = ("gptj", "codegen", "cohere", "cohere2", "glm", "glm4")
+INTERLEAVED_ROTARY = ("gptj", "codegen", "cohere", "cohere2", "glm", "glm4", "ernie4_5", "ernie4_5_moe", "helium")
 
 
 @dataclass(frozen=True)
