@@ -123,3 +123,32 @@ def test_docs_verdict_md_is_written_from_the_records():
     committed = BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END
     assert committed == block(), "run: python3 -m lm_eval_streaming.analysis.rules_doc docs/verdict.md"
     assert all(f"`{r.id}`" in committed for h in HYPOTHESES.values() for r in h.rules)
+
+
+# ----------------------------------------------------------------- figures a person reads
+def _lm_eval_like_runs():
+    """The main job's shape: one lm-eval task per length, so each length has its own sample spec."""
+    runs = _short_runs()
+    for run in runs:
+        run.sample_spec = f"lm_eval:streaming_ppl_{run.max_tokens}:limit=2"
+    return runs
+
+
+@pytest.mark.parametrize("runs", [_lm_eval_like_runs, lambda: load_runs(
+    sorted((REPO / "docs" / "experiments").glob("*.jsonl")))], ids=["main job", "committed experiments"])
+def test_ppl_vs_length_has_one_legend_entry_per_setting_joined_lines_and_plain_ticks(monkeypatch, tmp_path, runs):
+    from test_analysis import _drawn
+
+    from lm_eval_streaming.analysis import figures as plots
+
+    for ax in _drawn(monkeypatch, plots.ppl_vs_length, runs(), tmp_path):
+        ax.figure.canvas.draw()
+        labels = ax.get_legend_handles_labels()[1]
+        assert len(labels) == len(set(labels)) and not any("[" in label for label in labels), labels
+        lines = {line.get_label(): line for line in ax.lines}
+        for name in ("dense (sdpa)", "streaming_llm (4+252)"):
+            if name in lines:
+                assert len(lines[name].get_xdata()) >= 2  # a method's lengths joined by one line
+        ticks = [t.get_text() for axis in (ax.xaxis, ax.yaxis) for t in axis.get_ticklabels(which="both")]
+        assert not any("times" in t or "^" in t for t in ticks), ticks
+        assert any(t for t in ax.yaxis.get_ticklabels(which="both") if t.get_text())

@@ -132,6 +132,9 @@ def first_screen(a: Analysis, d: Data, sources: list[str]) -> list[str]:
     step = next_step(a)
     if step:
         s, offline = STEPS[step[0]], step[1]
-        where = "here (offline, the default model)" if offline else "with a model hub (nothing offline is open)"
-        out += [""] + wrap(f"Next, {where}: {s.adds}:") + [""] + code(s.offline if offline else s.hub)
+        seed = open_steps(a).get(step[0]) == [SEED]
+        where = ("here (offline, the default model)" if offline else "on a Mac with a model hub" if seed
+                 else "with a model hub (nothing offline is open)")
+        what = "the seed's setting, MPS float16, with kernel checks" if seed else s.adds
+        out += [""] + wrap(f"Next, {where}: {what}:") + [""] + code(s.offline if offline else s.hub)
     return out

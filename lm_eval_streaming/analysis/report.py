@@ -209,8 +209,8 @@ def render_report(a: Analysis, sources: Iterable[str] = (), figure_links: Iterab
     srcs = list(sources)
     d = Data(a.runs, a.tolerance)
     out = first_screen(a, d, srcs) + [""]
-    out += ["Below: Next commands (the others, hub recipes) · Verdicts · Summary · 结论 (the seed's template) · "
-            "Criteria · " + ("Figures · " if figure_links else "") + "Data", ""]
+    out += ["Below: Next commands · Verdicts · Summary · 结论 (the seed's template) · Criteria · "
+            + ("Figures · " if figure_links else "") + "Data", ""]
     out += ["## Next commands", ""] + _next_commands(a) + [""]
     out += ["## Verdicts", ""] + _verdict_table(a) + [""]
     out += wrap("A hypothesis is supported or ruled out by its key criteria only; side criteria inform. "
