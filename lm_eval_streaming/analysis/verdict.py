@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from lm_eval_streaming.records import Run
+from lm_eval_streaming.records.lm_eval_rolling import PER_BYTE, POSITION_TASK, ROLLING
 from lm_eval_streaming.analysis.base import (OPEN, PASS, RULED_OUT, SUPPORTED, TOLERANCE, Analysis, fmt, spread, step_ref,
                                             signed)
 from lm_eval_streaming.analysis.hypotheses.compression import COMPRESSION
@@ -252,4 +253,11 @@ def _not_measured(d: Data) -> list[str]:
     no_acc = [e for e in d.entries if e.row.acc is None]
     if no_acc:
         out.append(f"Accuracy was not measured in {len(no_acc)} of {len(d.entries)} rows: the verdicts use NLL alone.")
+    rolling = [r for r in d.runs if ROLLING in (r.sample_spec or "")]
+    if rolling:
+        per_byte = sum(PER_BYTE in (r.sample_spec or "") for r in rolling)
+        out.append(f"{len(rolling)} run(s) are lm-eval rolling perplexity tasks (NLL per document, per token"
+                   + (f"; per byte in {per_byte}: their tokenizer could not be loaded" if per_byte else "")
+                   + f"): they have no NLL by position, so no critical point and no split beyond the trained "
+                     f"context; the project's {POSITION_TASK} tasks measure those.")
     return out
