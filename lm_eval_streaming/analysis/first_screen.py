@@ -119,8 +119,8 @@ def first_screen(a: Analysis, d: Data, sources: list[str]) -> list[str]:
     rows = sum(len(r.rows) for r in a.runs)
     labels = ", ".join(sorted({e.row.label() for e in d.ref})) or "none"
     out = ["# StreamingLLM vs dense attention: the answer", ""]
-    out += wrap(f"{len(a.runs)} runs, {rows} rows; streaming = {labels}; ΔNLL = streaming - dense, same documents "
-                "(< 0: streaming better).") + [""]
+    out += wrap(f"Streaming = {labels} vs dense ({len(a.runs)} runs, {rows} rows); ΔNLL = streaming - dense, same "
+                "documents (< 0: better).") + [""]
     if d.ref:
         out += _table(d) + [""] + wrap(_answer(d))
     else:
