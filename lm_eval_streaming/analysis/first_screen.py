@@ -7,6 +7,7 @@ from __future__ import annotations
 from lm_eval_streaming.analysis.base import (MIN_INTERVAL_DOCS, OPEN, RULED_OUT, STEPS, SUPPORTED, Analysis, code, fmt,
                                              signed, spread, wrap)
 from lm_eval_streaming.analysis.data import Data, Scored, delta_class
+from lm_eval_streaming.records.lm_eval_rolling import PER_BYTE
 
 FIRST_SCREEN = 25  # lines, title included
 MAX_SETTINGS = 4  # rows of the first screen's table; the rest are in the report's Data table
@@ -18,8 +19,7 @@ SHORT_NAMES = {"compression": "compression", "numerical": "numerics of dense", "
 
 def unit_of(run) -> str:
     """NLL per token, or per byte where lm-eval's rolling tasks were read without the run's tokenizer."""
-    spec = run.sample_spec or ""
-    return "nats/byte" if spec.endswith(":per=byte") else UNIT
+    return "nats/byte" if PER_BYTE in (run.sample_spec or "") else UNIT
 
 
 def _length(run) -> str:
