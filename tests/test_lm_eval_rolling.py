@@ -31,7 +31,8 @@ def _write(out: Path, method: str, logliks, pretrained: str, recent=16):
     texts = _texts(len(logliks))
     results = {TASK: {"word_perplexity,none": 100.0, "byte_perplexity,none": 2.0, "bits_per_byte,none": 1.0,
                       "sample_len": len(texts)}}
-    config = {"model": "streaming_hf", "model_args": {"method": method, "recent_size": recent, "pretrained": pretrained},
+    config = {"model": "streaming_hf",
+              "model_args": {"method": method, "recent_size": recent, "pretrained": pretrained},
               "model_dtype": "torch.float32", "streaming_method": method, "streaming_start_size": 4,
               "streaming_recent_size": recent, "streaming_chunk_size": 512, "streaming_attn_implementation": "sdpa",
               "streaming_device": "cpu", "streaming_pretrained": pretrained, "limit": None,

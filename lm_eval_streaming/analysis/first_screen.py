@@ -14,7 +14,8 @@ MAX_SETTINGS = 4  # rows of the first screen's table; the rest are in the report
 UNIT = "nats/token"
 READS = {"better": "streaming better", "worse": "streaming worse", "tie": "no significant difference",
          "unknown": "one sample: cannot tell"}
-SHORT_NAMES = {"compression": "compression", "numerical": "numerics of dense", "extrapolation": "position extrapolation"}
+SHORT_NAMES = {"compression": "compression", "numerical": "numerics of dense",
+               "extrapolation": "position extrapolation"}
 
 
 def unit_of(run) -> str:
@@ -49,8 +50,9 @@ def _table(d: Data) -> list[str]:
 def _answer(d: Data) -> str:
     classes = [delta_class(e.row, d.tol) for e in d.ref]
     few = sum(e.run.num_samples < MIN_INTERVAL_DOCS for e in d.ref)
+    unclear = classes.count("tie") + classes.count("unknown")
     text = (f"Streaming is significantly better in {classes.count('better')} of {len(classes)} settings, worse in "
-            f"{classes.count('worse')}, not significantly different in {classes.count('tie') + classes.count('unknown')}"
+            f"{classes.count('worse')}, not significantly different in {unclear}"
             + (f" ({few} from < {MIN_INTERVAL_DOCS} documents)" if few else ""))
     best = [e for e in d.ref if delta_class(e.row, d.tol) == "better"]
     if best:
@@ -127,8 +129,9 @@ def first_screen(a: Analysis, d: Data, sources: list[str]) -> list[str]:
         out.append("No streaming_llm rows in the data: nothing to compare with dense.")
     out += [""] + _cause(a)
     cp = a.critical_main
-    out += [] if cp is None and not d.ref else wrap("Critical point: " + (f"dense's NLL stays above streaming's from {cp.text()}." if cp else
-                                      "not reached in this data."))
+    if cp is not None or d.ref:
+        out += wrap("Critical point: " + (f"dense's NLL stays above streaming's from {cp.text()}." if cp else
+                                          "not reached in this data."))
     step = next_step(a)
     if step:
         s, offline = STEPS[step[0]], step[1]

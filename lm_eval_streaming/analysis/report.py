@@ -150,7 +150,8 @@ def _critical_table(a: Analysis) -> list[str]:
 
 def _template(a: Analysis) -> list[str]:
     """The seed's 结论模板 in its own form."""
-    out = wrap("Terms: " + "; ".join(f"{zh} = {en}" for zh, en in GLOSSARY)) + ["", "### 现象描述", ""] + wrap(a.phenomenon) + ["", "### 原因分析", ""]
+    out = wrap("Terms: " + "; ".join(f"{zh} = {en}" for zh, en in GLOSSARY))
+    out += ["", "### 现象描述", ""] + wrap(a.phenomenon) + ["", "### 原因分析", ""]
     for ticked, label, why in a.reasons:
         out += wrap(f"- {'☑' if ticked else '□'} {label}: {why}", "  ")
     if not any(t for t, _, _ in a.reasons):

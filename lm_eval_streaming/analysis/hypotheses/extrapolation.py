@@ -185,13 +185,15 @@ def no_nonfinite(d: Data) -> Decision:
                                                                  if getattr(ex.row, k) is not None) + f"){rest}")
 
 
-EXTRAPOLATION = HypothesisRules("extrapolation", "position extrapolation (位置外推): dense attention past the trained context", (
+EXTRAPOLATION = HypothesisRules(
+    "extrapolation", "position extrapolation (位置外推): dense attention past the trained context", (
     Rule("dense_jump", JUMP, KEY, _jump,
          Words("dense degrades past the trained context", "dense does not degrade past the trained context",
                "cannot decide: nothing scored past 1.1x the trained context"), "length"),
     Rule("ablation", ABLATION, KEY_IF_DECIDED, _ablation,
          Words("the same cache at true distances degrades like dense",
-               "the same cache at true distances does not degrade", "cannot decide: the ablation was not run that long"),
+               "the same cache at true distances does not degrade",
+               "cannot decide: the ablation was not run that long"),
          "ablation"),
     Rule("streaming_flat", FLAT, SIDE, _flat,
          Words("streaming stays flat past the context", "streaming NLL changes past the context too")),

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from lm_eval_streaming.analysis.base import (CAUSAL_TOL, FAIL, HUGE_ATTN_SCORE, HUGE_LOGIT, KERNEL_SHARE, PASS,
                                              UNDECIDED, finite, fmt, signed)
 from lm_eval_streaming.analysis.criteria import by_model_size, cache_curves
-from lm_eval_streaming.analysis.data import (LOGIT_COUNTS, Data, Scored, effect, kernel_name, logit_counts_measured, mean_delta,
-                           nonfinite)
+from lm_eval_streaming.analysis.data import (LOGIT_COUNTS, Data, Scored, effect, kernel_name, logit_counts_measured,
+                                             mean_delta, nonfinite)
 from lm_eval_streaming.analysis.rules import KEY, SIDE, Decision, HypothesisRules, Rule, Words
 
 BROKEN, CLEAN, UNMEASURED = "broken", "clean", "not measured"
