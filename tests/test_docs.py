@@ -67,3 +67,13 @@ def test_relative_links_resolve(page):
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text(encoding="utf-8")):
             broken.append(f"{target} (no such heading)")
     assert not broken, f"{page.relative_to(REPO)}: broken links: {broken}"
+
+
+def test_docs_verdict_md_criteria_are_written_from_the_rule_records():
+    from lm_eval_streaming.analysis.rules_doc import BEGIN, END, block
+    from lm_eval_streaming.analysis.verdict import HYPOTHESES
+
+    text = (REPO / "docs" / "verdict.md").read_text(encoding="utf-8")
+    committed = BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END
+    assert committed == block(), "run: python3 -m lm_eval_streaming.analysis.rules_doc docs/verdict.md"
+    assert all(f"`{r.id}`" in committed for h in HYPOTHESES.values() for r in h.rules)

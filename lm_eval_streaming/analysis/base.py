@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import shlex
+import textwrap
 from dataclasses import dataclass, field
 
 from lm_eval_streaming.options import DEFAULT_RECENT_SIZE
@@ -26,41 +28,53 @@ REF_RECENT = DEFAULT_RECENT_SIZE  # the seed's recent size: the reference stream
 PASS, FAIL, UNDECIDED = "pass", "fail", "cannot decide"
 SUPPORTED, RULED_OUT, OPEN = "supported", "ruled out", "cannot decide"
 
-# What to run next when a criterion cannot be decided: (command here on the default model or the seed's config, what
-# it adds, the seed's setting on a Mac or None).
-MAC = "--num_samples 5 --device mps --dtype float16"
-NEXT = {
-    "length": ("lm-eval-streaming experiment configs/offline_length_long.yaml --output "
-               "docs/experiments/offline_length_long.jsonl", "the default model at 2.4x its trained context",
-               f"python scripts/benchmark.py --model_id EleutherAI/pythia-6.9b --max_tokens 5000 {MAC} "
-               "--output runs/length_5000.json"),
-    "ablation": ("lm-eval-streaming experiment configs/offline_ablation.yaml --output "
-                 "docs/experiments/offline_ablation.jsonl", "streaming_llm with position_shift=false", None),
-    "size": ("lm-eval-streaming experiment configs/model_size.yaml --output runs/model_size.jsonl",
-             "Pythia 70M / 410M / 6.9B, one family", "the README's loop 3 (`--model_id EleutherAI/$M ... --device mps`)"),
-    "hardware": ("lm-eval-streaming experiment configs/hardware.yaml --output runs/hardware.jsonl",
-                 "every device x dtype, kernel checks on",
-                 f"python scripts/benchmark.py --model_id EleutherAI/pythia-6.9b --max_tokens 2000 {MAC} "
-                 "--output runs/hw_mps_float16.json"),
-    "cache": ("lm-eval-streaming experiment configs/offline_cache_size.yaml --output "
-              "docs/experiments/offline_cache_size.jsonl", "several recent sizes", None),
-}
+@dataclass(frozen=True)
+class Step:
+    """A command that decides what is open: here (offline, the default model) and with a model hub / a Mac."""
+
+    id: str
+    adds: str  # what it measures
+    offline: str | None  # runnable here, no hub; None when only the hub can decide it
+    hub: str | None = None  # the seed's setting (Pythia, hub access; on a Mac with --device mps)
+
+    @property
+    def command(self) -> str:
+        return self.offline or self.hub or ""
 
 
-def say_failures(criteria: list[Criterion], phrases: dict[str, str]) -> None:
-    """Give a failed criterion the words for what failed (its name holds a phrase key), so that a fail that is
-    good news never reads as bad news."""
-    for c in criteria:
-        if c.status == FAIL and c.outcome is None:
-            c.outcome = next((v for k, v in phrases.items() if k in c.name), None)
+_MAC = "--num_samples 5 --device mps --dtype float16"
+# In the order the report proposes them: the first open one with an offline command is "the next command".
+STEPS = {s.id: s for s in (
+    Step("length", "the default model at 2.4x its trained context (dense about 12 min on one core)",
+         "lm-eval-streaming experiment configs/offline_length_long.yaml --output runs/offline_length_long.jsonl",
+         f"python scripts/benchmark.py --model_id EleutherAI/pythia-6.9b --max_tokens 5000 {_MAC} "
+         "--output runs/length_5000.json"),
+    Step("ablation", "streaming_llm with position_shift=false (the same cache at true distances)",
+         "lm-eval-streaming experiment configs/offline_ablation.yaml --output runs/offline_ablation.jsonl"),
+    Step("hardware", "kernel error, causality probe, NaN/Inf of each dense kernel and dtype",
+         "lm-eval-streaming experiment configs/offline_numerics.yaml --output runs/offline_numerics.jsonl",
+         "lm-eval-streaming experiment configs/hardware.yaml --output runs/hardware.jsonl"),
+    Step("cache", "several recent sizes", "lm-eval-streaming experiment configs/offline_cache_size.yaml --output "
+                                          "runs/offline_cache_size.jsonl"),
+    Step("eviction", "H2O, TOVA, key-norm at the same budget, more samples (narrower intervals)",
+         "lm-eval-streaming benchmark --method streaming_llm,h2o,tova,knorm --evict_every 64 --max_tokens 4000 "
+         "--num_samples 8"),
+    Step("size", "Pythia 70M / 410M / 6.9B, one family (hub access)", None,
+         "lm-eval-streaming experiment configs/model_size.yaml --output runs/model_size.jsonl"),
+)}
 
 
-def run_next(what: str) -> str:
-    """"run `COMMAND` (what it adds; on a Mac: `COMMAND`)" for one of NEXT's keys."""
-    here, adds, mac = NEXT[what]
-    if mac is None:
-        return f"run `{here}` ({adds})"
-    return f"run `{here}` ({adds}; on a Mac: {mac if mac.startswith('the ') else f'`{mac}`'})"
+def run_next(step: str) -> str:
+    """"run `COMMAND` (what it adds; with a model hub: `COMMAND`)" for one of STEPS."""
+    s = STEPS[step]
+    if s.offline is None:
+        return f"with a model hub: run `{s.hub}` ({s.adds})"
+    return f"run `{s.offline}` ({s.adds}" + (f"; with a model hub: `{s.hub}`)" if s.hub else ")")
+
+
+def step_ref(step: str) -> str:
+    """A step named where its command is not printed (the report prints each command once)."""
+    return f"step `{step}` (Next commands)"
 
 
 # ------------------------------------------------------------------ results
@@ -70,10 +84,16 @@ class Criterion:
     status: str  # PASS | FAIL | UNDECIDED
     evidence: str
     key: bool = False  # key criteria decide the verdict; side criteria (key=False) only inform
-    outcome: str | None = None  # what the status means in words, e.g. "numerical problem not found"
-    next_step: str | None = None  # what to run when it cannot be decided
+    outcome: str | None = None  # what the status means, read on its own ("no huge logits: ok")
+    step: str | None = None  # the STEPS entry that would decide it (only when it cannot be decided)
     short: str | None = None  # the key numbers in a few words (verdict table, 原因分析)
     see: str | None = None  # where the report shows the full evidence instead (a section heading)
+    id: str = ""  # the rule's id (analysis.rules)
+
+    @property
+    def next_step(self) -> str | None:
+        """What to run when it cannot be decided, in words with the command."""
+        return run_next(self.step) if self.step else None
 
     def brief(self, limit: int = 140) -> str:
         """The key numbers: ``short``, else the evidence cut at a word boundary."""
@@ -115,9 +135,15 @@ class Hypothesis:
     def undecided(self) -> list[Criterion]:
         return [c for c in self.keys if c.status == UNDECIDED]
 
+    def steps(self) -> list[str]:
+        """The STEPS that would decide the undecided key criteria (each once)."""
+        return list(dict.fromkeys(c.step for c in self.undecided() if c.step))
+
     def next_steps(self) -> list[str]:
-        """Commands that would decide the undecided key criteria (each once)."""
-        return list(dict.fromkeys(c.next_step for c in self.undecided() if c.next_step))
+        return [run_next(s) for s in self.steps()]
+
+    def criterion(self, rule_id: str) -> Criterion:
+        return next(c for c in self.criteria if c.id == rule_id)
 
 
 @dataclass
@@ -165,6 +191,38 @@ def interval(ci) -> str:
     return "" if ci is None else f" [{signed(ci.low)}, {signed(ci.high)}]"
 
 
+MIN_INTERVAL_DOCS = 3  # fewer documents give an interval too wide to read as evidence: not shown
+
+
+def spread(ci, n: int) -> str:
+    """`` [low, high]``, or why no interval is shown (one sample; too few documents)."""
+    if n < 2 or ci is None:
+        return " (one sample)" if n < 2 else " (no interval)"
+    if n < MIN_INTERVAL_DOCS:
+        return f" ({n} documents: no interval shown)"
+    return f" [{signed(ci.low)}, {signed(ci.high)}]"
+
+
 def mean(values) -> float:
     vals = [v for v in values if finite(v)]
     return sum(vals) / len(vals) if vals else math.nan
+
+
+WRAP = 120  # prose lines are wrapped here (markdown joins them)
+
+
+def wrap(text: str, indent: str = "") -> list[str]:
+    """A paragraph (or a bullet, with ``indent`` for its continuation lines) as lines of at most WRAP characters."""
+    return textwrap.wrap(text, WRAP, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def code(command: str, indent: str = "    ") -> list[str]:
+    """A command as an indented code block, continued with backslashes past WRAP characters."""
+    words, lines, line = shlex.split(command), [], indent
+    for w in words:
+        w = shlex.quote(w)
+        if len(line) + len(w) + 3 > WRAP and line.strip():
+            lines.append(line + " \\")
+            line = indent + "    "
+        line += ("" if not line.strip() else " ") + w
+    return lines + [line]

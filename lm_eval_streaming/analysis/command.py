@@ -2,7 +2,8 @@
 
 ``lm-eval-streaming analyze RESULTS... [--output REPORT.md] [--figures DIR] [--recall DIR...]``
 
-Reads experiment JSONL and ``benchmark --output`` JSON files, mixed, old layouts included
+Reads experiment JSONL and ``benchmark --output`` JSON files and lm-eval output folders (the project's tasks and
+lm-eval's rolling perplexity tasks), mixed, old layouts included
 (:func:`lm_eval_streaming.records.load_runs`; a file it cannot read gets one warning line naming it), judges the
 three hypotheses for "StreamingLLM beats dense attention" (:func:`lm_eval_streaming.analysis.verdict.analyze`: compression
 helps, numerical problem of the dense baseline, position extrapolation; one module per hypothesis) and writes the
@@ -26,8 +27,8 @@ from lm_eval_streaming.analysis.inputs import check_figures_dir, check_result_fi
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("results", nargs="+",
                         help="result files and folders, mixed: experiment JSONL, `benchmark --output` JSON, lm-eval "
-                             "--output_path folders of streaming_hf perplexity runs (with --log_samples: paired "
-                             "by document)")
+                             "--output_path folders of streaming_hf perplexity runs: the streaming_ppl tasks or "
+                             "lm-eval's loglikelihood_rolling tasks (with --log_samples: paired by document)")
     parser.add_argument("--output", "-o", default="-", help="report (markdown); default: stdout")
     parser.add_argument("--figures", default=None, metavar="DIR", help="write PNG figures into DIR and link them")
     parser.add_argument("--recall", nargs="+", default=None, metavar="PATH",

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from lm_eval_streaming.analysis.base import FAIL, HW_TOLERANCE, PASS, UNDECIDED, Criterion, finite, fmt, signed
+from lm_eval_streaming.analysis.base import FAIL, HW_TOLERANCE, PASS, UNDECIDED, finite, fmt, signed
+from lm_eval_streaming.analysis.rules import Decision
 from lm_eval_streaming.analysis.data import Data, Scored, effect, family_of, mean_delta, params_of, relative_length, size_label
 
 
@@ -44,8 +45,8 @@ def matched_groups(entries: list[Scored], group_of, setting_of) -> tuple[dict, s
                                                                      else ")")
 
 
-def by_model_size(d: Data, only_large: bool) -> Criterion:
-    name = "the effect appears only in large models" if only_large else "the effect on every model size"
+def by_model_size(d: Data, only_large: bool) -> Decision:
+    """Whether the effect is on every model size of one family (or, ``only_large``, only above some size)."""
     families = defaultdict(set)
     for e in d.ref:
         families[family_of(e.run)].add(e.run.model_id)
@@ -53,7 +54,7 @@ def by_model_size(d: Data, only_large: bool) -> Criterion:
     if not sized:
         found = "; ".join(f"{f} (trained context {tc}): {', '.join(sorted(ms))}"
                           for (f, tc), ms in families.items()) or "none"
-        return Criterion(name, UNDECIDED, f"no family with two or more sizes at one trained context ({found}): "
+        return Decision(UNDECIDED, f"no family with two or more sizes at one trained context ({found}): "
                                           "the model-size rule cannot be decided; run model_size.yaml (Pythia)")
     family = max(sized, key=lambda f: len(sized[f]))
     groups, note = matched_groups(
@@ -64,29 +65,29 @@ def by_model_size(d: Data, only_large: bool) -> Criterion:
     found = "; ".join(f"{size_label(d.model_run[m])}: {e} (mean ΔNLL {signed(md)})"
                       for m, (e, md) in per_model.items()) + note
     if len(per_model) < 2:
-        return Criterion(name, UNDECIDED, f"only one model size at a shared setting ({found}): the model-size rule "
+        return Decision(UNDECIDED, f"only one model size at a shared setting ({found}): the model-size rule "
                                           "cannot be decided; run model_size.yaml")
     if only_large:
         sized_effects = [(params_of(d.model_run[m]), e) for m, (e, _) in per_model.items()
                          if params_of(d.model_run[m]) is not None]
         if len(sized_effects) < 2:
-            return Criterion(name, UNDECIDED, f"model sizes are not recorded nor readable from the ids ({found})")
+            return Decision(UNDECIDED, f"model sizes are not recorded nor readable from the ids ({found})")
         with_eff = [p for p, e in sized_effects if e == "effect"]
         without = [p for p, e in sized_effects if e == "none"]
         if not with_eff:
-            return Criterion(name, FAIL, f"no model size shows the effect ({found})")
+            return Decision(FAIL, f"no model size shows the effect ({found})")
         if without and min(with_eff) > max(without):
-            return Criterion(name, PASS, found)
+            return Decision(PASS, found)
         if min(p for p, _ in sized_effects) in with_eff:
-            return Criterion(name, FAIL, f"the smallest model shows it too ({found})")
-        return Criterion(name, UNDECIDED, found)
+            return Decision(FAIL, f"the smallest model shows it too ({found})")
+        return Decision(UNDECIDED, found)
     effects = [e for e, _ in per_model.values()]
     if all(e == "effect" for e in effects):
-        return Criterion(name, PASS, found)
-    return Criterion(name, FAIL if "none" in effects else UNDECIDED, found)
+        return Decision(PASS, found)
+    return Decision(FAIL if "none" in effects else UNDECIDED, found)
 
 
-def hardware_spread(d: Data, name: str) -> Criterion:
+def hardware_spread(d: Data) -> Decision:
     """The largest spread of ΔNLL across devices/dtypes at one otherwise equal streaming setting."""
     groups = defaultdict(list)
     for e in d.streaming:
@@ -100,9 +101,9 @@ def hardware_spread(d: Data, name: str) -> Criterion:
             spreads.append((hi.delta - lo.delta, key, lo, hi))
     if not spreads:
         hw = ", ".join(f"{dv}/{dt}" for dv, dt in d.hardware)
-        return Criterion(name, UNDECIDED, f"only one device/dtype per setting in the data ({hw}): cannot compare")
+        return Decision(UNDECIDED, f"only one device/dtype per setting in the data ({hw}): cannot compare")
     spread, key, lo, hi = max(spreads, key=lambda t: t[0])
-    return Criterion(name, PASS if spread <= HW_TOLERANCE else FAIL,
+    return Decision(PASS if spread <= HW_TOLERANCE else FAIL,
                      f"largest spread of ΔNLL across device/dtype: {fmt(spread)} nats ({lo.run.device}/{lo.run.dtype} "
                      f"{signed(lo.delta)} vs {hi.run.device}/{hi.run.dtype} {signed(hi.delta)}, {key[0]} {key[1]} "
                      f"tokens) over {len(spreads)} setting(s); little means <= {HW_TOLERANCE}")

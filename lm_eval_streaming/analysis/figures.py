@@ -156,35 +156,71 @@ def _x_to_data(ax, xs, line: float | None = None, log: bool = False):
         ax.set_xlim((lo / pad, hi * pad) if log and lo > 0 else (lo - pad, hi + pad))
 
 
+def _layout(spec: str | None) -> str:
+    """How a run built its samples, without the length: lm-eval's streaming_ppl_500 and streaming_ppl_1000 are one
+    task family (one line joins them)."""
+    return re.sub(r"^(lm_eval:[A-Za-z_]+?)_\d+", r"\1", spec or "")
+
+
+def readable_ticks(ax, axis: str, values=None):
+    """Plain numbers on a log axis (30, 40, 60, not 3x10^1): ticks at the measured values when given (a few), else
+    the log locator's ticks, minor ones labelled too when the axis spans less than a decade and a half."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    if values:
+        kept = []
+        for v in sorted(set(values)):  # labels closer than 1.3x apart on the log axis would overlap
+            if not kept or v / kept[-1] >= 1.3:
+                kept.append(v)
+        target.set_major_locator(FixedLocator(kept))
+        target.set_minor_locator(NullLocator())
+        target.set_major_formatter(plain)
+        return
+    lo, hi = (ax.get_xlim() if axis == "x" else ax.get_ylim())
+    target.set_major_formatter(plain)
+    target.set_minor_formatter(plain if lo > 0 and hi / lo < 30 else NullFormatter())
+
+
 def ppl_vs_length(runs: list[Run], outdir: Path) -> list[Path]:
-    """One line per row label and way of building samples (runs that built samples differently are not joined:
-    their points differ by the samples, not the setting); later sample layouts get hollow markers."""
+    """One line per setting (method, cache, kernel) joining its lengths; at each length the runs with the most
+    samples (several sample layouts at one length: the one with most samples, said in the title)."""
     paths = []
     for (model, device, dtype), rs in _by(runs, "model_id", "device", "dtype").items():
         if len({r.max_tokens for r in rs}) < 2:
             continue
-        specs = sorted({r.sample_spec or "" for r in rs})
+        best = {}  # length -> the sample layout with the most samples there
+        for run in rs:
+            key = (run.num_samples, _layout(run.sample_spec))
+            best[run.max_tokens] = max(best.get(run.max_tokens, key), key)
         lines, kinds = defaultdict(lambda: defaultdict(list)), {}
         for run in rs:
+            if _layout(run.sample_spec) != best[run.max_tokens][1]:
+                continue
             for row in run.rows:
-                lines[(_label(row), run.sample_spec or "")][run.max_tokens].append(row.ppl)
+                lines[_label(row)][run.max_tokens].append(row.ppl)
                 kinds[_label(row)] = method_key(row)
-        labels = {label for label, _ in lines}
         fig, ax = new_figure()
-        for label, spec in sorted(lines, key=lambda k: (specs.index(k[1]), not k[0].startswith("dense"), k[0])):
-            pts = sorted((n, _mean(v)) for n, v in lines[(label, spec)].items())
-            name = label if len(specs) < 2 else f"{label} [{spec.split(':')[-1] or 'old samples'}]"
-            style = {"markerfacecolor": "none"} if specs.index(spec) else {}
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=_marker(label), label=name,
-                    **(_dense_style(label, labels) if label.startswith("dense") else
-                       {"color": method_color(kinds[label])}), **style)
-        lengths = [r.max_tokens for r in rs]
+        for label in sorted(lines, key=lambda k: (not k.startswith("dense"), k)):
+            pts = sorted((n, _mean(v)) for n, v in lines[label].items())
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=_marker(label), label=label,
+                    **(_dense_style(label, lines) if label.startswith("dense") else
+                       {"color": method_color(kinds[label])}))
+        lengths = sorted({r.max_tokens for r in rs})
         line = _context_line(ax, rs, max(lengths))
         ax.set_xscale("log")
         _x_to_data(ax, lengths, line, log=True)
         ax.set_yscale("log")
-        paths.append(_finish(fig, ax, "sequence length (tokens)", "perplexity",
-                             f"Perplexity vs length: {model} ({device}, {dtype})",
+        readable_ticks(ax, "x", lengths if len(lengths) <= 8 else None)
+        readable_ticks(ax, "y")
+        docs = sorted({n for n, _ in best.values()})
+        layouts = len({spec for _, spec in best.values()})
+        title = (f"Perplexity vs length: {model} ({device}, {dtype})\n{'-'.join(map(str, docs[::max(1, len(docs) - 1)]))}"
+                 f" document(s) per length" + (f"; {layouts} sample layouts, the one with most samples per length"
+                                                if layouts > 1 else "")
+                 + ("; marker shape: recent size" if len({_marker(k) for k in lines}) > 1 else ""))
+        paths.append(_finish(fig, ax, "sequence length (tokens)", "perplexity", title,
                              outdir / f"ppl_vs_length__{_slug(model, device, dtype)}.png"))
     return paths
 
@@ -214,6 +250,8 @@ def ppl_vs_cache(runs: list[Run], outdir: Path) -> list[Path]:
                 ax.axhline(_mean(values), label=f"{label}: {_mean(values):.2f}", **_dense_style(label, dense))
         ax.set_xscale("log", base=2)
         _x_to_data(ax, [row.recent_size for row in cached], log=True)
+        readable_ticks(ax, "x", [row.recent_size for row in cached])
+        readable_ticks(ax, "y")
         paths.append(_finish(fig, ax, "recent size (tokens kept besides the sinks)", "perplexity",
                              f"Perplexity vs cache size: {model}, {tokens} tokens ({device}, {dtype})",
                              outdir / f"ppl_vs_cache__{_slug(model, tokens, device, dtype)}.png"))
@@ -294,6 +332,7 @@ def kernel_error_vs_position(runs: list[Run], outdir: Path) -> list[Path]:
             continue  # every kernel equals the reference exactly: nothing to draw on a log axis
         ax.set_yscale("log")
         xs = [x for line_ in ax.lines for x in line_.get_xdata()]
+        readable_ticks(ax, "y")
         line = _context_line(ax, rs, max(xs), color="grey")
         _x_to_data(ax, xs, line)
         title = f"Kernel error by position: {model}, {device}"

@@ -1,7 +1,8 @@
 """The results that ``analyze`` and ``plot`` read: checked before any work, then loaded as typed runs.
 
 Files of ``benchmark`` / ``experiment`` and lm-eval ``--output_path`` folders (or their ``results_*.json``) of
-``streaming_hf`` perplexity runs (:mod:`lm_eval_streaming.records.lm_eval_runs`), mixed."""
+``streaming_hf`` perplexity runs (:mod:`lm_eval_streaming.records.lm_eval_runs`; lm-eval's own rolling perplexity
+tasks: :mod:`lm_eval_streaming.records.lm_eval_rolling`), mixed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from lm_eval_streaming.errors import UserError
 from lm_eval_streaming.records import load_runs
+from lm_eval_streaming.records.lm_eval_rolling import load_rolling_runs
 from lm_eval_streaming.records.lm_eval_runs import is_lm_eval_output, load_lm_eval_runs
 
 
@@ -30,7 +32,8 @@ def read_results(paths, command: str) -> list:
         print(f"lm-eval-streaming {command}: warning: {msg}", file=sys.stderr)
 
     lm_eval = [p for p in paths if is_lm_eval_output(p)]
-    runs = load_runs([p for p in paths if not is_lm_eval_output(p)], warn=warn) + load_lm_eval_runs(lm_eval, warn)
+    runs = (load_runs([p for p in paths if not is_lm_eval_output(p)], warn=warn) + load_lm_eval_runs(lm_eval, warn)
+            + load_rolling_runs(lm_eval, warn))
     if not runs:
         raise UserError(f"no scored runs in {', '.join(map(str, paths))}")
     return runs

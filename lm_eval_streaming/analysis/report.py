@@ -3,16 +3,24 @@ figures and the data table ("n/a" where a value was not measured)."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import PurePath
 from typing import Iterable
 from urllib.parse import quote
 
-from lm_eval_streaming.analysis.base import (CAUSAL_TOL, HUGE_ATTN_SCORE, HUGE_LOGIT, HW_TOLERANCE, KERNEL_SHARE, OPEN,
-                                            PASS, RULED_OUT, UNDECIDED, Analysis, fmt, interval, run_next, signed)
+from lm_eval_streaming.analysis.base import (CAUSAL_TOL, HUGE_ATTN_SCORE, HUGE_LOGIT, HW_TOLERANCE, KERNEL_SHARE,
+                                             MIN_INTERVAL_DOCS, OPEN, RULED_OUT, STEPS, UNDECIDED, Analysis, fmt,
+                                             code, signed, spread, step_ref, wrap)
+from lm_eval_streaming.analysis.first_screen import SEED, first_screen, next_step, open_steps
 from lm_eval_streaming.analysis.critical import smoothing_text
 from lm_eval_streaming.analysis.hypotheses.numerics import BROKEN, CLEAN, UNMEASURED
-from lm_eval_streaming.analysis.data import Scored, kernel_name, nonfinite
+from lm_eval_streaming.analysis.data import Data, Scored, kernel_name, nonfinite
+
+GLOSSARY = (("现象描述", "what was observed"), ("原因分析", "cause"), ("压缩提升预测能力", "compression improves prediction"),
+            ("数值稳定性问题", "numerical problem (of dense)"), ("其他: 位置外推 (超出训练长度)",
+                                                      "other: position extrapolation (past the trained length)"),
+            ("适用范围", "where it holds"), ("模型大小 / 序列长度 / 硬件限制", "model size / sequence length / hardware"),
+            ("实际意义", "what it means in practice"), ("证据不足, 无法判定", "not enough evidence, cannot decide"),
+            ("参数", "parameters"))
 
 COLUMNS = ("run", "samples", "model", "device", "dtype", "tokens", "method", "kernel", "ppl", "acc [CI]", "ΔNLL [CI]", "Δacc",
            "vs dense",
@@ -30,20 +38,24 @@ def figure_link(path: str) -> str:
     return f"![{PurePath(path).stem}]({quote(posix)})"
 
 
-def _acc(row) -> str:
-    """Accuracy with its interval kept within [0, 1] (a t interval can reach past the bounds)."""
+def _acc(row, n: int) -> str:
+    """Accuracy with its interval kept within [0, 1] (a t interval can reach past the bounds); from fewer than
+    MIN_INTERVAL_DOCS documents the interval is not shown."""
     if row.acc is None:
         return "not measured"
     ci = row.acc_ci
-    return fmt(row.acc, 4) + ("" if ci is None else f" [{max(0.0, ci.low):.4f}, {min(1.0, ci.high):.4f}]")
+    if ci is None or n < MIN_INTERVAL_DOCS:
+        return fmt(row.acc, 4)
+    return fmt(row.acc, 4) + f" [{max(0.0, ci.low):.4f}, {min(1.0, ci.high):.4f}]"
 
 
 def _cells(e: Scored) -> list[str]:
     run, row = e.run, e.row
     ke, probe, bad = row.kernel_error, row.causality, nonfinite(row)
     return [run_name(run), str(run.num_samples), run.model_id, run.device, run.dtype, str(run.max_tokens), row.label(),
-            kernel_name(row) if row.attn_implementation else "n/a", fmt(row.ppl, 2), _acc(row),
-            "" if row.delta_nll_vs_dense is None else signed(row.delta_nll_vs_dense) + interval(row.delta_nll_ci),
+            kernel_name(row) if row.attn_implementation else "n/a", fmt(row.ppl, 2), _acc(row, run.num_samples),
+            "" if row.delta_nll_vs_dense is None else signed(row.delta_nll_vs_dense) + spread(row.delta_nll_ci,
+                                                                                             run.num_samples),
             "" if row.delta_acc_vs_dense is None else signed(row.delta_acc_vs_dense, 4),
             row.delta_reference or "",
             "n/a" if ke is None else f"{ke.mean_abs_dnll:.2g}",
@@ -61,13 +73,7 @@ def _table(a: Analysis) -> str:
     return "\n".join(lines)
 
 
-MAX_CELL = 170  # characters of a table cell; longer evidence goes to the details list below the table
-WRAP = 200  # prose lines are wrapped here (markdown joins them): no line much over 300 characters
-
-
-def wrap(text: str, indent: str = "") -> list[str]:
-    """A paragraph (or a bullet, with ``indent`` for its continuation lines) as lines of at most WRAP characters."""
-    return textwrap.wrap(text, WRAP, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False) or [""]
+MAX_CELL = 90  # characters of a table cell; longer evidence goes to the details list below the table
 
 
 def cell(text: str) -> str:
@@ -81,9 +87,8 @@ def table(head, rows) -> list[str]:
 
 
 def status_text(c) -> str:
-    """pass / fail / cannot decide, with what it means when that is not obvious ("fail" is never left bare where it
-    is good news, e.g. "fail: numerical problem not found")."""
-    return c.status + (f": {c.outcome}" if c.outcome and c.status != PASS else "")
+    """What the outcome means, in the rule's own words ("no huge logits or attention scores: ok")."""
+    return c.outcome or c.status
 
 
 SHORT_NAMES = {"compression": "压缩提升预测能力 compression", "numerical": "数值稳定性问题 numerics",
@@ -96,9 +101,9 @@ def _verdict_table(a: Analysis) -> list[str]:
         deciding = {RULED_OUT: h.failed(), OPEN: h.undecided()}.get(h.verdict, h.keys)
         by = "; ".join(f"{c.name} ({status_text(c)})" for c in deciding[:1]) or "no key criterion"
         by += f"; +{len(deciding) - 1} more (criteria below)" if len(deciding) > 1 else ""
-        numbers = deciding[0].brief(110) if deciding else ""
-        if h.verdict == OPEN and h.next_steps():
-            numbers = f"next: {h.next_steps()[0].split('` (', 1)[0]}`"  # the command; the Mac recipe is below
+        numbers = deciding[0].brief(MAX_CELL) if deciding else ""
+        if h.verdict == OPEN and h.steps():
+            numbers = "next: " + ", ".join(f"step `{s}`" for s in h.steps())
         rows.append([SHORT_NAMES.get(h.name, h.label), h.verdict + (f" ({h.where})" if h.where else ""), by, numbers])
     return table(("hypothesis", "verdict", "decided by (key criteria)", "key numbers"), rows)
 
@@ -107,7 +112,7 @@ def _criteria_table(h) -> list[str]:
     def numbers(c):
         return c.evidence if len(c.evidence) <= MAX_CELL or not c.short else c.short
 
-    out = table(("criterion", "key or side", "pass / fail / cannot decide", "numbers"),
+    out = table(("criterion", "key or side", "outcome", "numbers"),
                 [[c.name, "key" if c.key else "side", status_text(c), numbers(c)] for c in h.criteria])
     long = [c for c in h.criteria if len(c.evidence) > MAX_CELL]
     nexts = [c for c in h.criteria if c.status == UNDECIDED and c.next_step]
@@ -116,7 +121,7 @@ def _criteria_table(h) -> list[str]:
     for c in long:
         out += wrap(f"- {c.name}: " + (f"see '{c.see}'" if c.see else c.evidence), "  ")
     for c in nexts:
-        out += wrap(f"- to decide '{c.name}': {c.next_step}", "  ")
+        out += wrap(f"- to decide '{c.name}': {step_ref(c.step)}", "  ")
     return out
 
 
@@ -145,13 +150,14 @@ def _critical_table(a: Analysis) -> list[str]:
 
 def _template(a: Analysis) -> list[str]:
     """The seed's 结论模板 in its own form."""
-    out = ["### 现象描述", ""] + wrap(a.phenomenon) + ["", "### 原因分析", ""]
+    out = wrap("Terms: " + "; ".join(f"{zh} = {en}" for zh, en in GLOSSARY))
+    out += ["", "### 现象描述", ""] + wrap(a.phenomenon) + ["", "### 原因分析", ""]
     for ticked, label, why in a.reasons:
         out += wrap(f"- {'☑' if ticked else '□'} {label}: {why}", "  ")
     if not any(t for t, _, _ in a.reasons):
-        steps = [s for h in a.hypotheses.values() for s in h.next_steps()]
+        step = next_step(a)
         out += [""] + wrap("无法判定 (cannot decide): no hypothesis is supported by its key criteria."
-                           + (f" Next: {steps[0]}" if steps else ""))
+                           + (f" Next: {step_ref(step[0])}" if step else ""))
     out += ["", "### 适用范围", ""]
     size = a.scope["model size"]
     out += wrap(f"- 模型大小: {size if size.startswith('无法判定') else size}", "  ")
@@ -168,29 +174,49 @@ def _readable_summary(a: Analysis) -> list[str]:
              "- Critical point: " + (f"dense's NLL stays more than {a.tolerance} nats above streaming's from {cp.text()} "
                                      f"on, in {cp.run.max_tokens}-token samples; per sample: {cp.spread()}."
                                      if cp else "not reached in this data.")]
-    abl = next((c for c in a.hypotheses["extrapolation"].criteria if c.name.startswith("same cache at true")), None)
+    abl = a.hypotheses["extrapolation"].criterion("ablation")
     if abl is not None:
         lines.append("- Ablation (position_shift=false): " + (f"{status_text(abl)}: {abl.evidence}"
                                                               if abl.status != UNDECIDED else
-                                                              f"{abl.evidence}; {abl.next_step}"))
+                                                              f"{abl.evidence}; {step_ref(abl.step)}"))
     lines += [f"- {n}" for n in a.notes]
     if not any(str(r.device).startswith("mps") for r in a.runs):
-        lines.append(f"- The seed's setting (Pythia-6.9B, MPS, float16) was not measured here: {run_next('hardware')}.")
+        lines.append(f"- The seed's setting (Pythia-6.9B, MPS, float16) was not measured here: {step_ref('hardware')}.")
     out = []
     for line in lines:
         out += wrap(line, "  ")
     return out
 
 
+def _next_commands(a: Analysis) -> list[str]:
+    """Every open step once, each command printed once (the first screen's is not repeated)."""
+    first = next_step(a)
+    out = []
+    for sid, names in open_steps(a).items():
+        s = STEPS[sid]
+        out += wrap(f"- `{sid}`: {s.adds}; decides: {'; '.join(names)}", "  ")
+        for command, hub in ((s.offline, False), (s.hub, True)):
+            if not command or (names == [SEED] and not hub):  # the seed's device: no offline stand-in
+                continue
+            where = "with a model hub (or on a Mac with `--device mps`)" if hub else "offline"
+            if first == (sid, not hub):
+                out.append(f"  {where}: the command on the first screen")
+            else:
+                out += [f"  {where}:", ""] + code(command, "      ") + [""]
+    return out or ["Nothing is open: every key criterion of the open hypotheses was decided."]
+
+
 def render_report(a: Analysis, sources: Iterable[str] = (), figure_links: Iterable[str] = ()) -> str:
-    out = ["# StreamingLLM vs dense attention: which hypothesis does the data support?", ""]
     srcs = list(sources)
-    if srcs:
-        rows = sum(len(r.rows) for r in a.runs)
-        out += wrap("Data: " + ", ".join(f"`{s}`" for s in srcs) + f" ({len(a.runs)} runs, {rows} rows).") + [""]
+    d = Data(a.runs, a.tolerance)
+    out = first_screen(a, d, srcs) + [""]
+    out += ["Below: Next commands · Verdicts · Summary · 结论 (the seed's template) · Criteria · "
+            + ("Figures · " if figure_links else "") + "Data", ""]
+    out += ["## Next commands", ""] + _next_commands(a) + [""]
     out += ["## Verdicts", ""] + _verdict_table(a) + [""]
-    out += ["A hypothesis is supported or ruled out by its key criteria only; side criteria inform. "
-            "Details: docs/verdict.md.", "", "## Summary", ""] + _readable_summary(a) + [""]
+    out += wrap("A hypothesis is supported or ruled out by its key criteria only; side criteria inform. "
+                "How it judges: docs/verdict.md.") + [""]
+    out += ["## Summary", ""] + _readable_summary(a) + [""]
     out += ["## 结论 (the seed's template)", ""] + _template(a) + [""]
     out += ["## Critical point", ""] + wrap(f"Rule: the first position after which dense's NLL exceeds streaming's by "
                                             f"more than {a.tolerance} nats/token and stays above; smoothing: "
@@ -203,7 +229,8 @@ def render_report(a: Analysis, sources: Iterable[str] = (), figure_links: Iterab
     links = list(figure_links)
     if links:
         out += ["## Figures", ""] + [figure_link(p) for p in links] + [""]
-    out += ["## Data", "", _table(a), ""]
+    out += ["## Data", ""] + (wrap("Sources: " + ", ".join(f"`{s}`" for s in srcs) + ".") + [""] if srcs else [])
+    out += [_table(a), ""]
     out += wrap(f"Thresholds: no change below {a.tolerance} nats/token (set with --tolerance); device/dtype spread <= "
                 f"{HW_TOLERANCE}; a dense kernel is broken when its causality probe exceeds {CAUSAL_TOL:g} (float32 "
                 f"noise is ~1e-5), its mean kernel error exceeds {KERNEL_SHARE:g} x the streaming advantage in the same "

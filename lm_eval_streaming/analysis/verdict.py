@@ -6,14 +6,18 @@ from __future__ import annotations
 from collections import defaultdict
 
 from lm_eval_streaming.records import Run
-from lm_eval_streaming.analysis.base import (OPEN, PASS, RULED_OUT, SUPPORTED, TOLERANCE, Analysis, fmt, interval, run_next,
+from lm_eval_streaming.records.lm_eval_rolling import PER_BYTE, POSITION_TASK, ROLLING
+from lm_eval_streaming.analysis.base import (OPEN, PASS, RULED_OUT, SUPPORTED, TOLERANCE, Analysis, fmt, spread, step_ref,
                                             signed)
-from lm_eval_streaming.analysis.hypotheses.compression import compression
+from lm_eval_streaming.analysis.hypotheses.compression import COMPRESSION
 from lm_eval_streaming.analysis.critical import critical_points
 from lm_eval_streaming.analysis.data import Data, params_of, delta_class, effect, family_of, kernel_name, size_label
-from lm_eval_streaming.analysis.hypotheses.extrapolation import extrapolation
-from lm_eval_streaming.analysis.hypotheses.numerics import (BROKEN, UNMEASURED, device_type, judge_kernels, listing,
-                                                             numerical)
+from lm_eval_streaming.analysis.hypotheses.extrapolation import EXTRAPOLATION
+from lm_eval_streaming.analysis.hypotheses.numerics import (NUMERICAL, BROKEN, UNMEASURED, device_type, judge_kernels,
+                                                             listing)
+
+# The three hypotheses, each a list of rule records (analysis.rules); a new one is one entry here.
+HYPOTHESES = {h.name: h for h in (COMPRESSION, NUMERICAL, EXTRAPOLATION)}
 
 
 def _dense_kernels(d: Data, runs) -> str:
@@ -31,14 +35,15 @@ def phenomenon(d: Data) -> tuple[str, bool]:
     single = [e for e in ref if e.delta is not None and e.row.delta_nll_ci is None]
     best = min(ref, key=lambda e: e.delta if e.delta is not None else float("inf"))
     dense = d.dense_of(best.run)
+    n = best.run.num_samples
     cache = ", ".join(sorted({f"{e.row.start_size}+{e.row.recent_size}" for e in ref}))
     text = (f"StreamingLLM ({cache} sinks+recent) has a lower NLL than dense attention (through "
             f"{_dense_kernels(d, d.runs)}) in {len(lower)} of {len(ref)} settings ({len(better)} significant, "
             f"{len(worse)} significantly worse"
             + (f"; {len(single)} without an interval: one sample, never called significant" if single else "")
             + f"). Best streaming setting: {best.setting('method')}: perplexity {fmt(best.row.ppl, 2)} vs dense "
-              f"{fmt(dense.ppl if dense else None, 2)}, ΔNLL {signed(best.delta)}{interval(best.row.delta_nll_ci)} "
-              f"nats/token, Δaccuracy {signed(best.row.delta_acc_vs_dense, 4)}{interval(best.row.delta_acc_ci)}.")
+              f"{fmt(dense.ppl if dense else None, 2)}, ΔNLL {signed(best.delta)}{spread(best.row.delta_nll_ci, n)} "
+              f"nats/token, Δaccuracy {signed(best.row.delta_acc_vs_dense, 4)}{spread(best.row.delta_acc_ci, n)}.")
     if not better:
         text += " The seed's phenomenon (streaming better than dense) is not reproduced with significance in this data."
     return text, bool(better)
@@ -131,7 +136,7 @@ def _size_line(d: Data, points: list) -> str:
     bounded, bounds = [(f, ms) for f, ms in families.items() if len(ms) >= 2], []
     scope = _size_scope(d, points, bounds)
     if not bounded:
-        return f"无法判定 cannot decide: {scope}; {run_next('size')}"
+        return f"无法判定 cannot decide: {scope}; next: {step_ref('size')}"
     known = [b for b in bounds if b]
     if not known:
         return f"无法判定 cannot decide: {scope}"
@@ -181,9 +186,9 @@ def _reasons(hyps: dict, cause_key: str | None) -> list[tuple[bool, str, str]]:
         elif h.verdict == RULED_OUT:
             why = "ruled out: " + "; ".join(f"{c.outcome or c.name + ' fails'} ({c.brief(110)})" for c in h.failed())
         else:
-            steps = h.next_steps()
+            steps = h.steps()
             why = ("证据不足 (cannot decide): " + "; ".join(c.name for c in h.undecided())
-                   + (f"; next: {steps[0]}" if steps else ""))
+                   + (f"; next: {step_ref(steps[0])}" if steps else ""))
         out.append((key == cause_key, label, why + (f" [where: {h.scope}]" if h.scope else "")))
     return out
 
@@ -195,7 +200,7 @@ def analyze(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> 
 
     d = Data(list(runs), tolerance)
     text, reproduced = phenomenon(d)
-    hyps = {"compression": compression(d), "numerical": numerical(d), "extrapolation": extrapolation(d)}
+    hyps = {name: h.judge(d) for name, h in HYPOTHESES.items()}
     supported = [k for k, h in hyps.items() if h.verdict == SUPPORTED]
     ruled = [k for k, h in hyps.items() if h.verdict == RULED_OUT]
     open_ = [k for k, h in hyps.items() if h.verdict == OPEN]
@@ -229,8 +234,8 @@ def analyze(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> 
             line += " — by: " + "; ".join(f"{c.name} ({c.outcome or 'fails'})" for c in h.failed())
         elif h.verdict == OPEN:
             line += " — cannot decide: " + "; ".join(c.name for c in h.undecided())
-            steps = h.next_steps()
-            line += f"; next: {steps[0]}" if steps else ""
+            steps = h.steps()
+            line += f"; next: {step_ref(steps[0])}" if steps else ""
         summary.append(line)
     kernels = judge_kernels(d)
     scope = {"model size": _size_line(d, points), "sequence length": _length_scope(d, points, main),
@@ -248,4 +253,11 @@ def _not_measured(d: Data) -> list[str]:
     no_acc = [e for e in d.entries if e.row.acc is None]
     if no_acc:
         out.append(f"Accuracy was not measured in {len(no_acc)} of {len(d.entries)} rows: the verdicts use NLL alone.")
+    rolling = [r for r in d.runs if ROLLING in (r.sample_spec or "")]
+    if rolling:
+        per_byte = sum(PER_BYTE in (r.sample_spec or "") for r in rolling)
+        out.append(f"{len(rolling)} run(s) are lm-eval rolling perplexity tasks (NLL per document, per token"
+                   + (f"; per byte in {per_byte}: their tokenizer could not be loaded" if per_byte else "")
+                   + f"): they have no NLL by position, so no critical point and no split beyond the trained "
+                     f"context; the project's {POSITION_TASK} tasks measure those.")
     return out

@@ -167,8 +167,9 @@ def _settings(paths, warn: Callable[[str], None]) -> list[_Setting]:
             ident = run_identity(data)
             tasks = [t for t, m in (data.get("results") or {}).items()
                      if isinstance(m, dict) and "token_perplexity,none" in m]
-            if not tasks:
-                warn(f"{path}: no streaming perplexity task (token_perplexity) in it; skipped")
+            if not tasks and not any("byte_perplexity,none" in m for m in (data.get("results") or {}).values()
+                                     if isinstance(m, dict)):  # lm-eval's rolling tasks: records.lm_eval_rolling
+                warn(f"{path}: no perplexity task (token_perplexity, byte_perplexity) in it; skipped")
             for task in tasks:
                 try:
                     out.append(_Setting(path, data, task, ident))

@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from lm_eval_streaming.analysis.base import (CAUSAL_TOL, FAIL, HUGE_ATTN_SCORE, HUGE_LOGIT, KERNEL_SHARE, PASS, UNDECIDED, Criterion,
-                           Hypothesis, finite, fmt, run_next, say_failures, signed)
+from lm_eval_streaming.analysis.base import (CAUSAL_TOL, FAIL, HUGE_ATTN_SCORE, HUGE_LOGIT, KERNEL_SHARE, PASS,
+                                             UNDECIDED, finite, fmt, signed)
 from lm_eval_streaming.analysis.criteria import by_model_size, cache_curves
-from lm_eval_streaming.analysis.data import (LOGIT_COUNTS, Data, Scored, effect, kernel_name, logit_counts_measured, mean_delta,
-                           nonfinite)
+from lm_eval_streaming.analysis.data import (LOGIT_COUNTS, Data, Scored, effect, kernel_name, logit_counts_measured,
+                                             mean_delta, nonfinite)
+from lm_eval_streaming.analysis.rules import KEY, SIDE, Decision, HypothesisRules, Rule, Words
 
 BROKEN, CLEAN, UNMEASURED = "broken", "clean", "not measured"
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -191,54 +192,37 @@ def _where(judgements: list[KernelJudgement]) -> str:
 
 
 # ------------------------------------------------------------------ the hypothesis
-def numerical(d: Data) -> Hypothesis:
-    h = Hypothesis("numerical", "数值稳定性 numerical stability of the dense baseline")
+def _measured(d: Data) -> Decision:
     judgements = judge_kernels(d)
-    status, evidence, scope = numerical_scope(judgements)
-    outcome = {FAIL: "numerical problem not found where measured", PASS: None,
-               UNDECIDED: "not measured"}[status]
+    status, evidence, _ = numerical_scope(judgements)
     counts = {st: sum(j.status == st for j in judgements) for st in (BROKEN, CLEAN, UNMEASURED)}
     broken = [j for j in judgements if j.status == BROKEN]
     short = ((f"broken: {listing(broken, with_lengths=False)}; " if broken else "")
              + ", ".join(f"{n} {st}" for st, n in counts.items() if n)  # never "0 clean" where nothing was
              + f" of {len(judgements)} device/dtype/kernels")
-    h.criteria.append(Criterion("measured kernel error, causality probe and NaN/Inf of each dense kernel", status,
-                                evidence, key=True, outcome=outcome, short=short, see="Numerics per dense kernel",
-                                next_step=run_next("hardware") if status == UNDECIDED else None))
-    h.scope = scope
-    h.where = _where(judgements)
-    h.criteria.append(_magnitudes(d))
-    indirect = (by_model_size(d, only_large=True), _grows_with_length(d), _bigger_cache_approaches(d),
-                _absent_on_cuda(d))
-    for c in indirect:  # the seed's indirect signs: side criteria, the measurement above decides
-        c.key = False
-        c.next_step = None
-        h.criteria.append(c)
-    say_failures(h.criteria, {"magnitudes": "no huge logits or attention scores",
-                              "only in large models": "the effect is not only in large models",
-                              "grows with sequence length": "the effect does not grow with length",
-                              "bigger cache": "a bigger cache does not approach dense",
-                              "absent on CUDA": "not absent on CUDA"})
-    return h
+    return Decision(status, evidence, short=short, see="Numerics per dense kernel")
 
 
-def _magnitudes(d: Data) -> Criterion:
-    name = "logit and attention-score magnitudes"
+def _scope(d: Data) -> tuple[str, str]:
+    judgements = judge_kernels(d)
+    return numerical_scope(judgements)[2], _where(judgements)
+
+
+def _magnitudes(d: Data) -> Decision:
     logits = [e for e in d.dense if e.row.max_abs_logit is not None]
     scores = [e.row.max_abs_attn_score for e in d.dense if e.row.max_abs_attn_score is not None]
     if not logits:
-        return Criterion(name, UNDECIDED, "max |logit| not measured")
+        return Decision(UNDECIDED, "max |logit| not measured")
     worst = max(logits, key=lambda e: e.row.max_abs_logit)
     huge = worst.row.max_abs_logit > HUGE_LOGIT or any(s > HUGE_ATTN_SCORE for s in scores)
-    return Criterion(
-        name, PASS if huge else FAIL,
+    return Decision(
+        PASS if huge else FAIL,
         f"max |logit| {fmt(worst.row.max_abs_logit, 1)} over {len(logits)} dense rows (huge means > {HUGE_LOGIT:g}); "
         + (f"max |attention score| {fmt(max(scores), 1)} where it was observable (huge means > {HUGE_ATTN_SCORE:g})"
            if scores else "attention scores not measured (observable only in the project's kernel)"))
 
 
-def _grows_with_length(d: Data) -> Criterion:
-    name = "the effect grows with sequence length"
+def _grows_with_length(d: Data) -> Decision:
     groups = defaultdict(lambda: defaultdict(list))
     for e in d.ref:
         r = e.run
@@ -256,9 +240,9 @@ def _grows_with_length(d: Data) -> Criterion:
             flat.append(key)
     if not growth:
         if flat:
-            return Criterion(name, FAIL, f"no advantage over dense and no measured non-finite values at any length "
+            return Decision(FAIL, f"no advantage over dense and no measured non-finite values at any length "
                                          f"in {len(flat)} setting(s) with several lengths")
-        return Criterion(name, UNDECIDED, f"only one length per setting (lengths: "
+        return Decision(UNDECIDED, f"only one length per setting (lengths: "
                                           f"{', '.join(map(str, d.lengths)) or 'none'})")
     grows, parts = [], []
     for key, lens, adv, bad in growth:
@@ -267,28 +251,49 @@ def _grows_with_length(d: Data) -> Criterion:
         parts.append(f"{key[0]} {key[1]}/{key[2]}: advantage (-ΔNLL) "
                      + ", ".join(f"{n}: {signed(a)}" for n, a in zip(lens, adv))
                      + ("; dense non-finite " + ", ".join(f"{n}: {b}" for n, b in zip(lens, bad)) if any(bad) else ""))
-    return Criterion(name, PASS if all(grows) else FAIL, "; ".join(parts))
+    return Decision(PASS if all(grows) else FAIL, "; ".join(parts))
 
 
-def _bigger_cache_approaches(d: Data) -> Criterion:
-    name = "a bigger cache approaches the dense baseline"
+def _bigger_cache_approaches(d: Data) -> Decision:
     curves = cache_curves(d)
     if not curves:
-        return Criterion(name, UNDECIDED, "fewer than 2 recent sizes per setting")
+        return Decision(UNDECIDED, "fewer than 2 recent sizes per setting")
     oks, parts = [], []
     for key, pts in curves:
         absd = [abs(e.delta) for _, e in pts]
         oks.append(absd[-1] < absd[0] and all(b <= a + d.tol / 2 for a, b in zip(absd, absd[1:])))
         parts.append(f"{key[0]} {key[1]} tokens: |ΔNLL| by recent size "
                      + ", ".join(f"{rc}: {fmt(a)}" for (rc, _), a in zip(pts, absd)))
-    return Criterion(name, PASS if all(oks) else FAIL, "; ".join(parts))
+    return Decision(PASS if all(oks) else FAIL, "; ".join(parts))
 
 
-def _absent_on_cuda(d: Data) -> Criterion:
-    name = "possibly absent on CUDA"
+def _absent_on_cuda(d: Data) -> Decision:
     cuda = [e for e in d.ref if device_type(e.run.device) == "cuda"]
     other = [e for e in d.ref if device_type(e.run.device) != "cuda"]
     if not (cuda and other):
-        return Criterion(name, UNDECIDED, "needs streaming rows on CUDA and on another device")
-    return Criterion(name, PASS if effect(cuda, d.tol) != "effect" and effect(other, d.tol) == "effect" else FAIL,
+        return Decision(UNDECIDED, "needs streaming rows on CUDA and on another device")
+    return Decision(PASS if effect(cuda, d.tol) != "effect" and effect(other, d.tol) == "effect" else FAIL,
                      f"mean ΔNLL on CUDA {signed(mean_delta(cuda))} vs elsewhere {signed(mean_delta(other))}")
+
+
+# The seed's indirect signs are side criteria: the measurement (the key criterion) decides.
+NUMERICAL = HypothesisRules("numerical", "数值稳定性 numerical stability of the dense baseline", (
+    Rule("kernels_measured", "measured kernel error, causality probe and NaN/Inf of each dense kernel", KEY, _measured,
+         Words("numerical problem found", "no numerical problem where measured",
+               "cannot decide: not measured"), "hardware"),
+    Rule("magnitudes", "huge logits or attention scores", SIDE, _magnitudes,
+         Words("huge logits or attention scores found", "no huge logits or attention scores: ok",
+               "not measured")),
+    Rule("only_large", "the effect appears only in large models", SIDE, lambda d: by_model_size(d, only_large=True),
+         Words("only in large models", "not only in large models")),
+    Rule("grows_with_length", "the effect grows with sequence length", SIDE, _grows_with_length,
+         Words("grows with length", "does not grow with length")),
+    Rule("bigger_cache", "a bigger cache approaches the dense baseline", SIDE, _bigger_cache_approaches,
+         Words("a bigger cache approaches dense", "a bigger cache does not approach dense")),
+    Rule("absent_on_cuda", "possibly absent on CUDA", SIDE, _absent_on_cuda,
+         Words("absent on CUDA", "not absent on CUDA")),
+), scope=_scope)
+
+
+def numerical(d: Data):
+    return NUMERICAL.judge(d)

@@ -1,0 +1,143 @@
+"""The report's first screen (at most FIRST_SCREEN lines): where streaming is better or worse than dense and by how
+much, the cause the data supports and how sure, and the one command that would decide what is open, runnable
+here (offline, the default model). Everything else follows below it in the report."""
+
+from __future__ import annotations
+
+from lm_eval_streaming.analysis.base import (MIN_INTERVAL_DOCS, OPEN, RULED_OUT, STEPS, SUPPORTED, Analysis, code, fmt,
+                                             signed, spread, wrap)
+from lm_eval_streaming.analysis.data import Data, Scored, delta_class
+from lm_eval_streaming.records.lm_eval_rolling import PER_BYTE
+
+FIRST_SCREEN = 25  # lines, title included
+MAX_SETTINGS = 4  # rows of the first screen's table; the rest are in the report's Data table
+UNIT = "nats/token"
+READS = {"better": "streaming better", "worse": "streaming worse", "tie": "no significant difference",
+         "unknown": "one sample: cannot tell"}
+SHORT_NAMES = {"compression": "compression", "numerical": "numerics of dense",
+               "extrapolation": "position extrapolation"}
+
+
+def unit_of(run) -> str:
+    """NLL per token, or per byte where lm-eval's rolling tasks were read without the run's tokenizer."""
+    return "nats/byte" if PER_BYTE in (run.sample_spec or "") else UNIT
+
+
+def _length(run) -> str:
+    tc = run.trained_context
+    return f"{run.max_tokens} ({run.max_tokens / tc:.2g}x)" if tc else str(run.max_tokens)
+
+
+def _pick(d: Data) -> list[Scored]:
+    """The settings the table shows: significant ones first, then the largest differences; by length."""
+    rank = {"better": 0, "worse": 1, "tie": 2, "unknown": 3}
+    rows = sorted(d.ref, key=lambda e: (rank[delta_class(e.row, d.tol)], -abs(e.delta or 0.0)))[:MAX_SETTINGS]
+    return sorted(rows, key=lambda e: (e.run.model_id, e.run.device, e.run.dtype, e.run.max_tokens))
+
+
+def _table(d: Data) -> list[str]:
+    out = [f"| model device/dtype | tokens (x context) | docs | dense ppl | streaming ppl | "
+           f"ΔNLL ({unit_of(d.ref[0].run)}) | reads |", "|---|---|---|---|---|---|---|"]
+    for e in _pick(d):
+        dense = d.dense_of(e.run)
+        out.append(f"| {e.run.model_id} {e.run.device}/{e.run.dtype} | {_length(e.run)} | {e.run.num_samples} | "
+                   f"{fmt(dense.ppl if dense else None, 2)} | {fmt(e.row.ppl, 2)} | "
+                   f"{signed(e.delta)}{spread(e.row.delta_nll_ci, e.run.num_samples)} | "
+                   f"{READS[delta_class(e.row, d.tol)]} |")
+    return out
+
+
+def _answer(d: Data) -> str:
+    classes = [delta_class(e.row, d.tol) for e in d.ref]
+    few = sum(e.run.num_samples < MIN_INTERVAL_DOCS for e in d.ref)
+    unclear = classes.count("tie") + classes.count("unknown")
+    text = (f"Streaming is significantly better in {classes.count('better')} of {len(classes)} settings, worse in "
+            f"{classes.count('worse')}, not significantly different in {unclear}"
+            + (f" ({few} from < {MIN_INTERVAL_DOCS} documents)" if few else ""))
+    best = [e for e in d.ref if delta_class(e.row, d.tol) == "better"]
+    if best:
+        e = min(best, key=lambda e: e.delta)
+        text += f"; largest gain ΔNLL {signed(e.delta)} at {e.run.max_tokens} tokens"
+    more = len(d.ref) - min(len(d.ref), MAX_SETTINGS)
+    return text + (f"; {more} more settings under Data." if more else ".")
+
+
+def _cause(a: Analysis) -> list[str]:
+    hyps = a.hypotheses
+    if a.cause_key:
+        h = hyps[a.cause_key]
+        head = (f"Cause: **{SHORT_NAMES[a.cause_key]}**, supported: its {len(h.keys)} key criteria pass ("
+                + (h.keys[0].short or h.keys[0].outcome) + ").")
+    else:
+        head = "Cause: **cannot decide**: no hypothesis has all its key criteria passing."
+    lines = wrap(head)
+    for name, h in hyps.items():
+        if name == a.cause_key:
+            continue
+        if h.verdict == RULED_OUT:
+            why = f"ruled out: {h.failed()[0].outcome}"
+        elif h.verdict == OPEN:
+            why = f"open: {len(h.undecided())} of {len(h.keys)} key criteria cannot be decided on this data"
+        else:
+            why = "supported too"
+        where = f" ({h.where.removeprefix('numerical problem ')})" if h.where and h.verdict != SUPPORTED else ""
+        lines += wrap(f"- {SHORT_NAMES.get(name, name)}: {why}{where}", "  ")
+    return lines
+
+
+SEED = "the seed's setting (MPS, float16), not measured here"
+
+
+def open_steps(a: Analysis) -> dict[str, list[str]]:
+    """{step: the criteria it decides} for the undecided key criteria of the hypotheses still open, in STEPS order;
+    with none open and the seed's device (MPS) not measured, its hardware recipe (with a model hub)."""
+    found = {}
+    for h in a.hypotheses.values():
+        if h.verdict == OPEN:
+            for c in h.undecided():
+                if c.step:
+                    found.setdefault(c.step, []).append(c.name)
+    for h in a.hypotheses.values():  # then what would strengthen a verdict (the ablation where it was not run)
+        if h.verdict != RULED_OUT:
+            for c in h.criteria:
+                if c.step and not c.key and c.step not in found:
+                    found.setdefault(c.step, []).append(c.name)
+    if not found and not any(str(r.device).startswith("mps") for r in a.runs):
+        found["hardware"] = [SEED]
+    return {s: found[s] for s in STEPS if s in found}
+
+
+def next_step(a: Analysis) -> tuple[str, bool] | None:
+    """(step, offline): the first open step that runs here, offline (those deciding an open hypothesis first); else
+    the first one, with a model hub."""
+    steps = open_steps(a)
+    keys = {c.step for h in a.hypotheses.values() if h.verdict == OPEN for c in h.undecided()}
+    ordered = [s for s in steps if s in keys] or list(steps)
+    offline = next((s for s in ordered if STEPS[s].offline and steps[s] != [SEED]), None)
+    return (offline, True) if offline else ((ordered[0], False) if ordered else None)
+
+
+def first_screen(a: Analysis, d: Data, sources: list[str]) -> list[str]:
+    rows = sum(len(r.rows) for r in a.runs)
+    labels = ", ".join(sorted({e.row.label() for e in d.ref})) or "none"
+    out = ["# StreamingLLM vs dense attention: the answer", ""]
+    out += wrap(f"Streaming = {labels} vs dense ({len(a.runs)} runs, {rows} rows); ΔNLL = streaming - dense, same "
+                "documents (< 0: better).") + [""]
+    if d.ref:
+        out += _table(d) + [""] + wrap(_answer(d))
+    else:
+        out.append("No streaming_llm rows in the data: nothing to compare with dense.")
+    out += [""] + _cause(a)
+    cp = a.critical_main
+    if cp is not None or d.ref:
+        out += wrap("Critical point: " + (f"dense's NLL stays above streaming's from {cp.text()}." if cp else
+                                          "not reached in this data."))
+    step = next_step(a)
+    if step:
+        s, offline = STEPS[step[0]], step[1]
+        seed = open_steps(a).get(step[0]) == [SEED]
+        where = ("here (offline, the default model)" if offline else "on a Mac with a model hub" if seed
+                 else "with a model hub (nothing offline is open)")
+        what = "the seed's setting, MPS float16, with kernel checks" if seed else s.adds
+        out += [""] + wrap(f"Next, {where}: {what}:") + [""] + code(s.offline if offline else s.hub)
+    return out
