@@ -1,4 +1,4 @@
-"""lm-eval-streaming: benchmark, speed, experiment, analyze, plot, leaderboard, recall-report, prepare-model.
+"""lm-eval-streaming: benchmark, speed, experiment, analyze, plot, leaderboard, recall-report, prepare-model, doctor.
 
 Every subcommand goes through one error path: a user error (:class:`errors.UserError`, or a
 named file that is missing or unreadable) ends the run with one line
@@ -26,6 +26,7 @@ COMMANDS = {
     "leaderboard": "leaderboard.command",
     "recall-report": "analysis.recall_report",
     "prepare-model": "default_model.cli",
+    "doctor": "doctor.command",
 }
 
 

@@ -31,6 +31,8 @@ MISTAKES = [
     ("recall-report", ["{tmp}", "--trained_context", "-1"], "-1"),
     ("recall-report", ["{tmp}"], "no streaming_recall"),
     ("prepare-model", ["--gguf", "{tmp}/missing.gguf"], "missing.gguf"),
+    ("doctor", ["--dtype", "float8"], "dtype='float8'"),
+    ("doctor", ["--lengths", "512,x"], "lengths='x'"),
 ]
 
 
