@@ -10,7 +10,7 @@ import types
 
 import pytest
 import torch
-from conftest import make_model, sharpen
+from conftest import load_tokenizer, make_model, sharpen
 
 from lm_eval_streaming.core.methods import baseline_policy, policy_for
 from lm_eval_streaming.core.scoring import score_sequences
@@ -32,11 +32,15 @@ def neox():
 
 @pytest.fixture(scope="module")
 def neox_full_rotary():
+    return full_rotary_model(VOCAB)
+
+
+def full_rotary_model(vocab: int):
     """Rotary on every head dim (8 frequencies), for the rotary defect at Pythia-like lengths."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     torch.manual_seed(0)
-    cfg = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                         num_attention_heads=4, rotary_pct=1.0, max_position_embeddings=4096,
                         use_parallel_residual=True)
     return sharpen(GPTNeoXForCausalLM(cfg)).float().eval()
@@ -148,3 +152,30 @@ def test_extra_memory_is_one_module(neox):
     weights32 = sum(p.numel() * 4 for p in half.parameters())
     assert 0 < shadow_extra_bytes(half) < weights32 / 2
     assert shadow_extra_bytes(neox) == 0  # float32: nothing cast
+
+
+@pytest.mark.slow
+def test_benchmark_records_and_names_a_defect_outside_the_kernel():
+    """benchmark: a float16 model with a half-precision rotary gets a whole-forward record on its dense rows
+    naming the rotary; the record survives the JSON round trip; the sound float16 model's names nothing."""
+    from lm_eval_streaming.benchmark.command import run_benchmark
+    from lm_eval_streaming.records import Run
+
+    tok = load_tokenizer()
+    neox_full_rotary = full_rotary_model(tok.vocab_size)
+    runs = {}
+    for name, model in (("sound", copy.deepcopy(neox_full_rotary).half()),
+                        ("broken", half_precision_rotary(copy.deepcopy(neox_full_rotary).half()))):
+        runs[name] = run_benchmark(max_tokens=600, num_samples=1, num_warmup=0, dense_attn="default,default@full",
+                                   kernel_error=False, causality_probe=False, model=model, tokenizer=tok,
+                                   progress=False, whole_forward="all", recent_sizes=[60])
+    for name, run in runs.items():
+        run = Run.from_dict(run.to_dict())
+        assert all(r.whole_forward is not None for r in run.rows)
+        divergences = [r.whole_forward.first_divergence for r in run.rows]
+        if name == "sound":
+            assert divergences == [None] * len(run.rows)
+        else:
+            assert all(d is not None and d.kind == "rotary" for d in divergences), divergences
+        full = next(r for r in run.rows if r.one_call)
+        assert full.whole_forward.attention_located and full.whole_forward.max_rel_by_kind["attention"] >= 0
