@@ -36,7 +36,8 @@ def test_device_steps_run_when_forced(tmp_path):
     summary = (out / "summary.txt").read_text()
     for step in ("doctor", "benchmark", "speed"):
         assert f"{step}: ok" in summary, summary
-    assert json.loads((out / "doctor.json").read_text())["summary"] == "CPU float16 on this machine: causal leak not found"
+    doctor = json.loads((out / "doctor.json").read_text())
+    assert doctor["summary"] == "CPU float16 on this machine: causal leak not found"
     from lm_eval_streaming.records import load_runs
 
     run = load_runs([out / "benchmark.json"])[0]

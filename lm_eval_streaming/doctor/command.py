@@ -102,7 +102,8 @@ def kernel_verdict(r, tol: float) -> str:
     return "ok"
 
 
-def diagnose(device: str, dtype: str, shape: str, lengths: list[int], heads: int | None, kernels: list[str] | None = None,
+def diagnose(device: str, dtype: str, shape: str, lengths: list[int], heads: int | None,
+             kernels: list[str] | None = None,
              rotaries: dict | None = None, say=print) -> dict:
     """Everything the doctor measures, as the JSON record (``rotaries``: name -> factory(rot_dim), default the
     transformers implementation)."""
@@ -146,7 +147,8 @@ def diagnose(device: str, dtype: str, shape: str, lengths: list[int], heads: int
     return {
         "schema": SCHEMA, "device": str(dev), "device_type": dev.type, "dtype": dtype, "shape": shape,
         "head_dim": head_dim, "heads": heads, "rotary_dims": rot_dim,
-        "lengths": lengths, "tolerance": {"causal_max_abs": CAUSAL_TOL, "rel_error": tol, "rotary_rel_error": rotary_tol}, "versions": vers,
+        "lengths": lengths, "versions": vers,
+        "tolerance": {"causal_max_abs": CAUSAL_TOL, "rel_error": tol, "rotary_rel_error": rotary_tol},
         "known_defects": [{"ref": d.ref, "summary": d.summary, "fixed_in": d.fixed_in,
                            "status": defect_status(d, dev.type, dtype, vers)} for d in KNOWN_DEFECTS],
         "kernels": kernel_rows, "rotary": rotary_rows,

@@ -67,7 +67,10 @@ def _module(kernel: str):
 
 
 def _causal_mask(n: int, dtype, device) -> torch.Tensor:
+    """[1, 1, n, n]: bool (True = may attend), else additive (the dtype's minimum where blocked)."""
     blocked = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
+    if dtype == torch.bool:
+        return ~blocked[None, None]
     return torch.zeros(n, n, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)[None, None]
 
 
@@ -109,8 +112,7 @@ def kernel_calls(names: list[str]) -> dict[tuple[str, str], object]:
             calls[(name, "is_causal")] = lambda q, k, v, s, f=fn, m=module: f(m, q, k, v, None, scaling=s)[0]
             if name == "sdpa":
                 calls[(name, "mask")] = lambda q, k, v, s, f=fn, m=module: f(
-                    m, q, k, v, torch.ones(q.shape[2], q.shape[2], dtype=torch.bool, device=q.device).tril()[None, None],
-                    scaling=s)[0]
+                    m, q, k, v, _causal_mask(q.shape[2], torch.bool, q.device), scaling=s)[0]
     return calls
 
 
