@@ -179,3 +179,19 @@ def test_benchmark_records_and_names_a_defect_outside_the_kernel():
             assert all(d is not None and d.kind == "rotary" for d in divergences), divergences
         full = next(r for r in run.rows if r.one_call)
         assert full.whole_forward.attention_located and full.whole_forward.max_rel_by_kind["attention"] >= 0
+
+
+def test_no_float64_on_the_device_path(neox):
+    """The shadow, the location and the doctor's kernel checks run where the model runs: no float64 (MPS)."""
+    from test_kernels import Float64Guard
+
+    from lm_eval_streaming.doctor import probes
+
+    half = half_precision_rotary(copy.deepcopy(neox).half())
+    q, k, v = (t.half() for t in probes.activations(64, 1, 16))
+    with Float64Guard():
+        for path in POLICIES.values():
+            whole_forward_error(half, [_ids(80)], path[0], 32, one_call=path[1])
+        ref = probes.reference_output(q, k, v)
+        for (kernel, how), fn in probes.kernel_calls(["sdpa", "eager", "lm_eval_streaming"]).items():
+            assert probes.check_kernel(fn, kernel, how, q, k, v, ref).error is None
