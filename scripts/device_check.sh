@@ -23,11 +23,13 @@ TOKENS=${TOKENS:-2000}
 OUT=${1:-device_check_$DEVICE}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
+# macOS has no `timeout` unless coreutils is installed (gtimeout); without either the steps run unlimited
+TIMEOUT=$(command -v timeout || command -v gtimeout || true)
 
 step() {  # step NAME LIMIT_SECONDS OUTFILE command...
     local name=$1 limit=$(( $2 * ${LIMIT_SCALE:-1} )) file=$3; shift 3
     local start=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$file" 2>&1
+    ${TIMEOUT:+$TIMEOUT "$limit"} "$@" > "$OUT/$file" 2>&1
     local rc=$?
     local status=ok; [ $rc -eq 124 ] && status="timed out after ${limit}s"; [ $rc -ne 0 ] && [ $rc -ne 124 ] && status="failed (exit $rc)"
     echo "$name: $status, $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
