@@ -1,5 +1,5 @@
 """lm-eval-streaming: benchmark, speed, experiment, analyze, plot, leaderboard, recall-report, prepare-model,
-conformance.
+conformance, doctor.
 
 Every subcommand goes through one error path: a user error (:class:`errors.UserError`, or a
 named file that is missing or unreadable) ends the run with one line
@@ -28,6 +28,7 @@ COMMANDS = {
     "recall-report": "analysis.recall_report",
     "prepare-model": "default_model.cli",
     "conformance": "benchmark.conformance",
+    "doctor": "doctor.command",
 }
 
 

@@ -32,6 +32,8 @@ MISTAKES = [
     ("recall-report", ["{tmp}"], "no streaming_recall"),
     ("prepare-model", ["--gguf", "{tmp}/missing.gguf"], "missing.gguf"),
     pytest.param("conformance", ["--types", "nosuch"], "'nosuch'", marks=pytest.mark.slow, id="conformance"),
+    ("doctor", ["--dtype", "float8"], "dtype='float8'"),
+    ("doctor", ["--lengths", "512,x"], "lengths='x'"),
 ]
 
 

@@ -13,7 +13,7 @@ RANK = {
     "core": 2,
     "records": 3,
     "harness": 4, "benchmark": 4, "analysis": 4,
-    "leaderboard": 5, "experiment": 5,
+    "leaderboard": 5, "experiment": 5, "doctor": 5,
     "cli": 6, "model": 6,
 }
 # each command's ``main()`` goes through the one CLI error path (cli.py dispatches by name, importing no wing)

@@ -93,6 +93,11 @@ def test_speed_tables_on_a_small_model(small_model_dir):
     mean, worst = map(float, re.search(r"mean \|dNLL\| (\S+), max (\S+) ", numerics).groups())
     assert 0 <= mean <= worst < 1e-4  # sdpa vs the reference kernel, both float32 on the CPU
     assert float(re.search(r"max \|dlogit\| (\S+) ", numerics).group(1)) < 1e-4  # sdpa is causal
+    shadow = [line for line in numerics.splitlines() if line.startswith("| whole-forward error")]
+    assert len(shadow) == 2 and "(float32 shadow, located)" in shadow[1], shadow
+    # a float32 model is its own float32 shadow: exactly 0, no module off
+    assert all("mean |dNLL| 0.00e+00, max 0.00e+00" in line for line in shadow), shadow
+    assert "no module off" in shadow[1]
 
 
 def pythia_parameters(hidden, layers, intermediate, vocab) -> int:

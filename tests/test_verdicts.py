@@ -470,7 +470,7 @@ def test_report_reads_verdict_table_first_template_and_tables(real_runs):
     assert "- ☑ 其他: 位置外推 (超出训练长度): dense NLL jumps" in reasons
     assert "- □ 压缩提升预测能力: ruled out" in report and "- □ 数值稳定性问题: ruled out" in report
     assert "| criterion | key or side | outcome | numbers |" in report
-    assert "| device/dtype/kernel | probe | kernel error | NaN/Inf | verdict |" in report
+    assert "| device/dtype/kernel | probe | kernel error | whole forward vs float32 | NaN/Inf | verdict |" in report
     # "fail" with good news says what failed
     assert "ruled out: no numerical problem where measured" in report
     assert "| cpu/float32/sdpa | max abs Δlogit 0 <= 0.01 |" in report and "numerical problem not found |" in report

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from lm_eval_streaming.errors import UserError
 from lm_eval_streaming.analysis.base import TOLERANCE
-from lm_eval_streaming.analysis.inputs import check_figures_dir, check_result_files, read_results
+from lm_eval_streaming.analysis.inputs import (check_figures_dir, check_result_files, doctor_record, doctor_section,
+                                               read_results)
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -81,6 +82,11 @@ def run(args) -> int:
         base = Path(args.output).resolve().parent if args.output != "-" else Path.cwd()
         links = [os.path.relpath(Path(p).resolve(), base) for p in figs]
     text = render_report(a, sources=args.results, figure_links=links)
+    doctors = [r for r in map(doctor_record, args.results) if r is not None]
+    if doctors:
+        text = text.rstrip("\n") + "\n" + doctor_section(doctors)
+        for r in doctors:
+            print(f"  {r['summary']}", file=sys.stderr if args.output == "-" else sys.stdout)
     if args.output == "-":
         print(text)
         return 0

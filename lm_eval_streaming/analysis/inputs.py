@@ -26,14 +26,48 @@ def check_figures_dir(path) -> None:
         raise UserError(f"--figures={str(path)!r} is a file, not a directory")
 
 
+DOCTOR_SCHEMA = "lm_eval_streaming.doctor/"  # ``doctor --output`` files (any version of the layout)
+
+
+def doctor_record(path) -> dict | None:
+    """The record of a ``doctor --output`` file, None for any other file."""
+    import json
+
+    p = Path(path)
+    if not p.is_file() or p.suffix != ".json":
+        return None
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and str(data.get("schema", "")).startswith(DOCTOR_SCHEMA) else None
+
+
+def doctor_section(records: list[dict]) -> str:
+    """The report's lines for doctor files: "<DEVICE> <dtype> on this machine: causal leak found / not found",
+    the imprecise kernels, the rotary and the known defects that apply, before any model ran."""
+    lines = ["", "## Device checks before any model ran (doctor)", ""]
+    for r in records:
+        extra = []
+        if r.get("imprecise_kernels"):
+            extra.append("imprecise kernels: " + ", ".join(r["imprecise_kernels"]))
+        if r.get("rotary_broken"):
+            extra.append("rotary wrong in " + r["dtype"] + ": " + ", ".join(r["rotary_broken"]))
+        extra += [f"{d['ref']}: {d['status']}" for d in r.get("known_defects", []) if d.get("status") != "n/a"]
+        versions = r.get("versions", {})
+        lines.append(f"- {r['summary']} (torch {versions.get('torch')}, {versions.get('device')}; lengths "
+                     f"{', '.join(map(str, r.get('lengths', [])))})" + ("; " + "; ".join(extra) if extra else ""))
+    return "\n".join(lines) + "\n"
+
+
 def read_results(paths, command: str) -> list:
     """The runs in ``paths`` (one warning line per file that cannot be read); a UserError when there are none."""
     def warn(msg):
         print(f"lm-eval-streaming {command}: warning: {msg}", file=sys.stderr)
 
     lm_eval = [p for p in paths if is_lm_eval_output(p)]
-    runs = (load_runs([p for p in paths if not is_lm_eval_output(p)], warn=warn) + load_lm_eval_runs(lm_eval, warn)
-            + load_rolling_runs(lm_eval, warn))
+    other = [p for p in paths if not is_lm_eval_output(p) and doctor_record(p) is None]
+    runs = load_runs(other, warn=warn) + load_lm_eval_runs(lm_eval, warn) + load_rolling_runs(lm_eval, warn)
     if not runs:
         raise UserError(f"no scored runs in {', '.join(map(str, paths))}")
     return runs

@@ -128,8 +128,9 @@ def _criteria_table(h) -> list[str]:
 def _kernel_table(a: Analysis) -> list[str]:
     if not a.kernels:
         return ["No dense rows."]
-    return table(("device/dtype/kernel", "probe", "kernel error", "NaN/Inf", "verdict"),
-                 [[f"{j.device}/{j.dtype}/{j.kernel}", j.cells["probe"], j.cells["kernel error"], j.cells["NaN/Inf"],
+    return table(("device/dtype/kernel", "probe", "kernel error", "whole forward vs float32", "NaN/Inf", "verdict"),
+                 [[f"{j.device}/{j.dtype}/{j.kernel}", j.cells["probe"], j.cells["kernel error"],
+                   j.cells.get("whole forward", "not measured"), j.cells["NaN/Inf"],
                    {BROKEN: "numerical problem found", CLEAN: "numerical problem not found",
                     UNMEASURED: "not measured"}[j.status]] for j in a.kernels])
 

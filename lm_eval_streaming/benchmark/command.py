@@ -94,17 +94,36 @@ def _reference_for_kernel_error(model, samples, chunk_size, rows_scored):
     return reference_scores(model, samples, chunk_size, budget=budget)
 
 
+# --whole_forward: which rows get the float32 shadow (auto: the dense rows unless the model is float32, whose
+# shadow is the run itself)
+WHOLE_FORWARD = ("auto", "dense", "all", "none")
+
+
+def check_whole_forward(value) -> str:
+    if value not in WHOLE_FORWARD:
+        raise StreamingArgError(f"whole_forward={value!r} is unknown: expected one of {', '.join(WHOLE_FORWARD)}")
+    return value
+
+
+def _shadowed(row, mode: str, dtype: str) -> bool:
+    if mode == "auto":
+        return row.is_dense and dtype != "float32"
+    return mode == "all" or (mode == "dense" and row.is_dense)
+
+
 def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_tokens: int = 2000,
                   recent_sizes=(252,), num_samples: int = 5, num_warmup: int = 2, start_size: int = 4,
                   dtype: str = "float32", device: str | None = None, chunk_size: int = 512,
                   dense_attn=None, kernel_error: bool = True, causality_probe: bool = True,
-                  model=None, tokenizer=None, progress: bool = True, position_shift=None, evict_every=None) -> Run:
+                  model=None, tokenizer=None, progress: bool = True, position_shift=None, evict_every=None,
+                  whole_forward: str = "auto") -> Run:
     """Dense through every listed kernel + every (method, recent size), on the same samples: one Run.
 
     Every argument is validated before any work; the samples are built (or refused) before the weights
-    load. ``model`` / ``tokenizer``: an already loaded model (the experiment runner reuses one)."""
+    load. ``model`` / ``tokenizer``: an already loaded model (the experiment runner reuses one).
+    ``whole_forward``: which rows are also run as a float32 shadow (:data:`WHOLE_FORWARD`)."""
     # torch-heavy, so imported here: ``benchmark --help`` needs no torch
-    from lm_eval_streaming.benchmark.rows import causality_stats, kernel_error_stats, score_row
+    from lm_eval_streaming.benchmark.rows import causality_stats, kernel_error_stats, score_row, whole_forward_stats
     from lm_eval_streaming.records.metrics import set_deltas
 
     import torch
@@ -119,6 +138,7 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
                              start_size=start_size, dtype=dtype, device=device, chunk_size=chunk_size,
                              dense_attn=dense_attn, kernel_error=kernel_error, causality_probe=causality_probe,
                              position_shift=position_shift, evict_every=evict_every)
+    whole_forward = check_whole_forward(whole_forward)
     if tokenizer is None:
         tokenizer = load_tokenizer(a["model_id"])
     samples = load_samples(tokenizer, a["max_tokens"], a["num_samples"])
@@ -130,11 +150,14 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
     settings = [(baseline_policy(), k, one_call) for k, one_call in kernels]
     settings += [(policy, None, False) for policy in _cache_policies(a)]
     rows, dense_scored, reference = [], {}, None
+    model_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     for policy, kernel, one_call in tqdm(settings, desc="benchmark rows", disable=not progress, file=sys.stderr):
         row, scored = score_row(model, samples, policy, a["chunk_size"], a["num_warmup"], trained_context, kernel,
                                 one_call)
         if policy.full_attention:
             dense_scored[row.label()] = scored
+        if _shadowed(row, whole_forward, model_dtype):
+            row.whole_forward = whole_forward_stats(model, samples, row, scored, policy, a["chunk_size"])
         rows.append(row)
     base = next(r for r in rows if r.is_dense and (r.attn_implementation, r.one_call) == delta_kernel)
     for row in rows:
@@ -212,6 +235,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="skip the kernel error of dense rows (|dNLL| vs the float32 reference kernel)")
     p.add_argument("--no_causality_probe", action="store_true",
                    help="skip the causality probe of dense rows (run on the first sample)")
+    p.add_argument("--whole_forward", default="auto", choices=WHOLE_FORWARD,
+                   help="rows also run as a float32 shadow of the same forward (per-token |dNLL| of the dtype and "
+                        "the first module that diverges; docs/numerics.md): auto = the dense rows unless the model "
+                        "is float32")
     p.add_argument("--output", default=None, help="write the run as JSON here (read by analyze)")
     return p
 
@@ -226,6 +253,7 @@ def run(args) -> int:
                   causality_probe=not args.no_causality_probe, position_shift=args.position_shift,
                   evict_every=args.evict_every)
     a = check_benchmark_args(**kwargs)
+    a["whole_forward"] = check_whole_forward(args.whole_forward)
     out = Path(args.output) if args.output else None
     if out is not None:
         check_writable(out)

@@ -14,7 +14,7 @@ from lm_eval_streaming.core.kernel_checks import attention_error, causality_prob
 from lm_eval_streaming.records.metrics import bucketize, exceeds_trained_context, position_buckets, position_edges, relative_edges, \
     t_interval
 from lm_eval_streaming.records import CausalityStats, KernelErrorStats, Row
-from lm_eval_streaming.records.run import AttentionLayerError
+from lm_eval_streaming.records.run import AttentionLayerError, ModuleDivergence, WholeForwardStats
 from lm_eval_streaming.core.diagnostics import Diagnostics
 from lm_eval_streaming.core.scoring import ScoredTokens, resolve_kernel, score_sequences
 from lm_eval_streaming.core.sessions import input_device
@@ -164,3 +164,27 @@ def causality_stats(model, samples, row: Row, chunk_size: int, samples_probed: i
               for seq in samples[:samples_probed]]
     worst = [_worst(values) for values in zip(*(p.max_abs_dlogit for p in probes))]
     return CausalityStats(list(probes[0].positions), worst, _worst(worst), samples_probed=len(probes))
+
+
+def whole_forward_stats(model, samples, row: Row, scored: list[ScoredTokens], policy,
+                        chunk_size: int) -> WholeForwardStats:
+    """The row's per-token NLLs (``scored``) against a float32 shadow of the same forward on the same device
+    (same method, kernel, chunking or one call), and the first module whose output diverged."""
+    from lm_eval_streaming.core.whole_forward import whole_forward_error
+
+    err = whole_forward_error(model, samples, policy, chunk_size, row.attn_implementation, bool(row.one_call),
+                              scored=scored)
+    values = torch.cat(err.abs_dnll)
+    positions = torch.cat([s.positions for s in scored]).double()
+    d = err.first_divergence
+    by_kind: dict[str, float] = {}
+    for m in err.modules:
+        if m.calls:
+            by_kind[m.kind] = max(by_kind.get(m.kind, 0.0), m.max_rel)
+    return WholeForwardStats(
+        reference=f"float32 shadow/{err.kernel}/{err.device}", dtype=err.dtype, mean_abs_dnll=err.mean,
+        max_abs_dnll=err.max, nonfinite=err.nonfinite, by_position=bucketize(positions, values,
+                                                                             position_edges(float(positions.max()))),
+        tolerance=err.tolerance, located=err.located,
+        first_divergence=None if d is None else ModuleDivergence(d.name, d.kind, d.layer, d.position, d.rel_error),
+        max_rel_by_kind=by_kind, attention_located=all(m.skipped == 0 for m in err.modules if m.kind == "attention"))

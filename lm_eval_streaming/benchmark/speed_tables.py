@@ -12,6 +12,7 @@ from lm_eval_streaming.benchmark.samples import load_samples
 from lm_eval_streaming.benchmark.shapes import SHAPES
 from lm_eval_streaming.core.generation import generate
 from lm_eval_streaming.core.kernel_checks import causality_probe, kernel_error
+from lm_eval_streaming.core.whole_forward import whole_forward_error
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, resolve_device, torch_dtype
 from lm_eval_streaming.core.methods import baseline_policy, policy_for
 from lm_eval_streaming.core.diagnostics import Diagnostics
@@ -127,20 +128,29 @@ def generation_table(model, tokenizer, new_tokens: int, block: int, start: int, 
 
 
 def numerics_table(model, tokenizer, tokens: int, chunk_size: int) -> list[list]:
-    """Seconds of dense scoring through the model's kernel, of the kernel error's extra reference pass,
-    and of the causality probe (default positions), on one document."""
+    """Seconds of dense scoring through the model's kernel, of the kernel error's extra reference pass, of the
+    causality probe (default positions) and of the whole-forward float32 shadow (with and without the module
+    location), on one document."""
     seq = load_samples(tokenizer, tokens, 1)[0]
     dense = baseline_policy()
     t_dense, scored = _timed(lambda: score_sequences(model, [seq], dense, chunk_size))
     t_err, err = _timed(lambda: kernel_error(model, [seq], None, chunk_size, scored=scored))
     t_probe, probe = _timed(lambda: causality_probe(model, seq, None, chunk_size=chunk_size))
     kernel = model.config._attn_implementation
+    shadow = []
+    for locate in (False, True):  # the float32 shadow alone, and with the module location
+        t_wf, wf = _timed(lambda: whole_forward_error(model, [seq], dense, chunk_size, scored=scored, locate=locate))
+        where = "" if not locate else f"; first off: {wf.first_divergence.name}" if wf.first_divergence else \
+            "; no module off"
+        shadow.append([f"whole-forward error (float32 shadow{', located' if locate else ''})", f"{t_wf:.1f}",
+                       f"{t_wf / t_dense:.2f}", f"mean |dNLL| {wf.mean:.2e}, max {wf.max:.2e}{where}"])
     return [
         [f"dense through {kernel} (scoring)", f"{t_dense:.1f}", "1.00", ""],
         [f"kernel error (reference {err.reference})", f"{t_err:.1f}", f"{t_err / t_dense:.2f}",
          f"mean |dNLL| {err.mean:.2e}, max {err.max:.2e}"],
         [f"causality probe at {probe.positions}", f"{t_probe:.1f}", f"{t_probe / t_dense:.2f}",
          f"max |dlogit| {probe.max:.2e}"],
+        *shadow,
     ]
 
 

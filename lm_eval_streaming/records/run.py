@@ -82,6 +82,36 @@ class KernelErrorStats:
 
 
 @dataclass
+class ModuleDivergence:
+    """The first module call, in execution order, whose run-dtype output was off its float32 output by more
+    than the tolerance (per-token relative error)."""
+
+    module: str  # e.g. "gpt_neox.layers.3.mlp"
+    kind: str  # embedding, rotary, norm, attention, mlp, head, other
+    layer: int | None
+    position: int
+    rel_error: float
+
+
+@dataclass
+class WholeForwardStats:
+    """|NLL(row's dtype) - NLL(float32 shadow of the same path)| per token; where the forward first diverged."""
+
+    reference: str  # e.g. "float32 shadow/sdpa/cuda"
+    dtype: str  # the row's dtype
+    mean_abs_dnll: float
+    max_abs_dnll: float
+    nonfinite: int
+    by_position: Buckets | None = None
+    tolerance: float | None = None  # per-token relative error counted as diverged
+    located: bool = False  # whether the module location ran
+    first_divergence: ModuleDivergence | None = None  # None with located: no module diverged
+    max_rel_by_kind: dict[str, float] | None = None  # largest per-token relative error per module kind
+    # attention called with a KV cache is not re-run in the row's dtype (its local error: the kernel checks)
+    attention_located: bool | None = None
+
+
+@dataclass
 class CausalityStats:
     """For each probed position p: max |dlogit| at positions <= p when the tokens after p change."""
 
@@ -144,6 +174,7 @@ class Row:
     nonfinite_attn_scores: int | None = None
     kernel_error: KernelErrorStats | None = None
     causality: CausalityStats | None = None
+    whole_forward: WholeForwardStats | None = None  # the row's dtype against a float32 shadow of its forward
 
     @property
     def is_dense(self) -> bool:
@@ -221,6 +252,7 @@ _NESTED = {
     "nll_by_position": Buckets, "nll_by_relative_position": Buckets, "nll_curve": Buckets,
     "by_position": Buckets, "by_relative_position": Buckets,
     "kernel_error": KernelErrorStats, "causality": CausalityStats,
+    "whole_forward": WholeForwardStats, "first_divergence": ModuleDivergence,
 }
 
 

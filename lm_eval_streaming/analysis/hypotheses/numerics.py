@@ -108,6 +108,7 @@ def judge_kernel(d: Data, entries: list[Scored]) -> tuple[str, str, list[int], d
                      + (f", {ke.nonfinite} non-finite tokens" if ke.nonfinite else ""))
     else:
         missing.append("kernel error")
+    broken |= _whole_forward(d, entries, cells, parts)
     counted = [e for e in entries if logit_counts_measured(e.row)]
     if counted:
         total = sum(getattr(e.row, k) for e in counted for k in LOGIT_COUNTS)
@@ -126,6 +127,35 @@ def judge_kernel(d: Data, entries: list[Scored]) -> tuple[str, str, list[int], d
     if missing:
         return UNMEASURED, "; ".join(parts + [f"not measured: {', '.join(missing)}"]), lengths, cells
     return CLEAN, "; ".join(parts), lengths, cells
+
+
+def _whole_forward(d: Data, entries: list[Scored], cells: dict, parts: list) -> bool:
+    """The rows' dtype against a float32 shadow of the same forward (``Row.whole_forward``): broken when the
+    mean |ΔNLL| passes the same limit as the kernel error or a token is NaN/Inf; the first module whose output
+    diverged is named either way. Not measured (older files, float32 runs: their own shadow): a note only."""
+    shadowed = [e for e in entries if e.row.whole_forward is not None]
+    if not shadowed:
+        cells["whole forward"] = "not measured" if entries and entries[0].run.dtype != "float32" else "float32: 0"
+        return False
+
+    def badness(e):
+        w = e.row.whole_forward
+        limit, _ = error_limit(advantage(d, e), d.tol)
+        return bool(w.nonfinite) or not finite(w.mean_abs_dnll), w.mean_abs_dnll / limit
+
+    e = max(shadowed, key=badness)
+    w = e.row.whole_forward
+    limit, why = error_limit(advantage(d, e), d.tol)
+    large = bool(w.nonfinite) or not finite(w.mean_abs_dnll) or w.mean_abs_dnll > limit
+    f = next((x.row.whole_forward.first_divergence for x in shadowed if x.row.whole_forward.first_divergence), None)
+    where = "" if f is None else (f"; first off: {f.kind} {f.module}" + (f" (layer {f.layer})" if f.layer is not None
+                                  else "") + f" at position {f.position}, relative error {f.rel_error:.2g}")
+    cells["whole forward"] = (f"mean {w.mean_abs_dnll:.2g}, max {w.max_abs_dnll:.2g}: "
+                              f"{'above' if large else 'within'} {limit:.3g}{where}")
+    parts.append(f"whole-forward error mean |ΔNLL| {w.mean_abs_dnll:.2g} (max {w.max_abs_dnll:.2g}) vs {w.reference} "
+                 f"({e.run.model_id}, {e.run.max_tokens} tokens): {'above' if large else 'within'} {limit:.3g} "
+                 f"({why})" + (f", {w.nonfinite} non-finite tokens" if w.nonfinite else "") + where)
+    return large
 
 
 def judge_kernels(d: Data) -> list[KernelJudgement]:
