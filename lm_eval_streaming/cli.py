@@ -27,7 +27,7 @@ COMMANDS = {
     "leaderboard": "leaderboard.command",
     "recall-report": "analysis.recall_report",
     "prepare-model": "default_model.cli",
-    "conformance": "benchmark.conformance",
+    "conformance": "benchmark.conformance_command",
     "doctor": "doctor.command",
 }
 
