@@ -18,14 +18,11 @@ listed with the reason. ``lm-eval-streaming conformance --output docs/conformanc
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import random
 import re
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
