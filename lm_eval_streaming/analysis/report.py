@@ -12,16 +12,18 @@ from lm_eval_streaming.analysis.base import (CAUSAL_TOL, HUGE_ATTN_SCORE, HUGE_L
                                             PASS, RULED_OUT, UNDECIDED, Analysis, fmt, interval, run_next, signed)
 from lm_eval_streaming.analysis.critical import smoothing_text
 from lm_eval_streaming.analysis.hypotheses.numerics import BROKEN, CLEAN, UNMEASURED
-from lm_eval_streaming.analysis.data import Scored, kernel_name, nonfinite
+from lm_eval_streaming.analysis.data import Scored, data_counts, kernel_name, nonfinite, samples_text
 
 COLUMNS = ("run", "samples", "model", "device", "dtype", "tokens", "method", "kernel", "ppl", "acc [CI]", "ΔNLL [CI]", "Δacc",
            "vs dense",
            "kernel error (mean)", "probe max abs Δlogit", "non-finite", "max abs logit")
 
 
-def run_name(run) -> str:
-    """Which run a row comes from: its experiment, or its result file."""
-    return run.experiment or (PurePath(run.source).name if run.source else "n/a")
+def run_name(run, row=None) -> str:
+    """Which run a row comes from: its experiment, or its result file (the row's own when the run was read from
+    several: lm-eval folders, one per method; there the folder tells the file apart)."""
+    source = (row.source if row is not None else None) or run.source
+    return run.experiment or ("/".join(PurePath(source).parts[-3:]) if source else "n/a")
 
 
 def figure_link(path: str) -> str:
@@ -41,8 +43,8 @@ def _acc(row) -> str:
 def _cells(e: Scored) -> list[str]:
     run, row = e.run, e.row
     ke, probe, bad = row.kernel_error, row.causality, nonfinite(row)
-    return [run_name(run), str(run.num_samples), run.model_id, run.device, run.dtype, str(run.max_tokens), row.label(),
-            kernel_name(row) if row.attn_implementation else "n/a", fmt(row.ppl, 2), _acc(row),
+    return [run_name(run, row), samples_text(run), run.model_id, run.device, run.dtype, str(run.max_tokens),
+            row.label(), kernel_name(row) if row.attn_implementation else "n/a", fmt(row.ppl, 2), _acc(row),
             "" if row.delta_nll_vs_dense is None else signed(row.delta_nll_vs_dense) + interval(row.delta_nll_ci),
             "" if row.delta_acc_vs_dense is None else signed(row.delta_acc_vs_dense, 4),
             row.delta_reference or "",
@@ -53,7 +55,7 @@ def _cells(e: Scored) -> list[str]:
 
 def _table(a: Analysis) -> str:
     entries = [Scored(run, row) for run in a.runs for row in run.rows]
-    entries.sort(key=lambda e: (e.run.model_id, e.run.device, e.run.dtype, e.run.max_tokens, run_name(e.run),
+    entries.sort(key=lambda e: (e.run.model_id, e.run.device, e.run.dtype, e.run.max_tokens, run_name(e.run, e.row),
                                 not e.row.is_dense,
                                 e.row.method, e.row.recent_size or 0, e.row.attn_implementation or ""))
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -186,8 +188,7 @@ def render_report(a: Analysis, sources: Iterable[str] = (), figure_links: Iterab
     out = ["# StreamingLLM vs dense attention: which hypothesis does the data support?", ""]
     srcs = list(sources)
     if srcs:
-        rows = sum(len(r.rows) for r in a.runs)
-        out += wrap("Data: " + ", ".join(f"`{s}`" for s in srcs) + f" ({len(a.runs)} runs, {rows} rows).") + [""]
+        out += wrap("Data: " + ", ".join(f"`{s}`" for s in srcs) + f" ({data_counts(a.runs)}).") + [""]
     out += ["## Verdicts", ""] + _verdict_table(a) + [""]
     out += ["A hypothesis is supported or ruled out by its key criteria only; side criteria inform. "
             "Details: docs/verdict.md.", "", "## Summary", ""] + _readable_summary(a) + [""]

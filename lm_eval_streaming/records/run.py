@@ -144,6 +144,7 @@ class Row:
     nonfinite_attn_scores: int | None = None
     kernel_error: KernelErrorStats | None = None
     causality: CausalityStats | None = None
+    source: str | None = None  # file it was read from, when the run's rows come from several (not stored)
 
     @property
     def is_dense(self) -> bool:
@@ -189,6 +190,8 @@ class Run:
     def to_dict(self) -> dict:
         out = {"schema": SCHEMA, **asdict(self)}
         out.pop("source")
+        for row in out["rows"]:
+            row.pop("source")
         return out
 
     @classmethod
