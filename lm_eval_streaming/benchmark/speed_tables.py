@@ -14,7 +14,8 @@ from lm_eval_streaming.core.generation import generate
 from lm_eval_streaming.core.kernel_checks import causality_probe, kernel_error
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, resolve_device, torch_dtype
 from lm_eval_streaming.core.methods import baseline_policy, policy_for
-from lm_eval_streaming.core.scoring import Diagnostics, estimate_bytes, open_session, resolve_kernel, score_sequences
+from lm_eval_streaming.core.memory import estimate_bytes
+from lm_eval_streaming.core.scoring import Diagnostics, open_session, resolve_kernel, score_sequences
 
 
 def _timed(fn):

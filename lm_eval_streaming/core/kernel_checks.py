@@ -26,8 +26,8 @@ import torch
 from lm_eval_streaming.core.attention import REFERENCE_KERNEL, ChunkContext, attention_kernel, sink_window_attention
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, as_int
 from lm_eval_streaming.core.methods import baseline_policy
-from lm_eval_streaming.core.scoring import (ScoredTokens, available_bytes, input_device, open_session, resolve_kernel,
-                                            score_sequences)
+from lm_eval_streaming.core.memory import available_bytes
+from lm_eval_streaming.core.scoring import ScoredTokens, input_device, open_session, resolve_kernel, score_sequences
 
 
 @dataclass

@@ -26,8 +26,9 @@ from lm_eval_streaming.options import (DEFAULT_CHUNK_SIZE, DEFAULT_RECENT_SIZE, 
 from lm_eval_streaming.options import StreamingArgError
 from lm_eval_streaming.core.methods import policy_for
 from lm_eval_streaming.harness.scores import CONTEXT_BUCKETS, RollingResult, context_bucket
-from lm_eval_streaming.core.scoring import (Diagnostics, ScoredTokens, available_bytes, check_kernel, check_one_call,
-                                            estimate_bytes, input_device, resolve_kernel, score_sequences)
+from lm_eval_streaming.core.memory import available_bytes, estimate_bytes
+from lm_eval_streaming.core.scoring import (Diagnostics, ScoredTokens, check_kernel, check_one_call, input_device,
+                                            resolve_kernel, score_sequences)
 
 logger = logging.getLogger(__name__)
 install_excepthook()
@@ -179,7 +180,7 @@ class StreamingHFLM(HFLM):
         batch = 1
         while batch < min(len(sequences), self.max_batch_size) and \
                 estimate_bytes(self.model, self.policy, longest, 2 * batch, self.chunk_size, self.one_call,
-                               self.kernel) <= free:
+                               self.kernel, input_device(self.model)) <= free:
             batch *= 2
         batch = min(batch, len(sequences), self.max_batch_size)
         logger.info("batch_size=%s: %d documents per forward (%d tokens, memory estimate)", bs, batch, longest)
