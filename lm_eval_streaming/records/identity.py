@@ -199,7 +199,7 @@ QUALIFIERS = {
     "seeds": lambda v: f"-seeds={v}" if v else "-seeds?",
     "num_fewshot": lambda v: f"-{v}shot",
     "task_config": lambda v: f"-task={v}",
-    "documents": lambda v: "" if v == "all" else f"-docs={v}",
+    "documents": lambda v: "" if v == "all" else "-docs=" + re.sub(r"[^A-Za-z0-9]+", "-", str(v)),
     "lm_eval_model": lambda v: f"-{v}",
 }
 
