@@ -62,7 +62,8 @@ def as_int(name: str, value, minimum: int = 0, allow_none: bool = False) -> int 
     if not isinstance(parsed, int):
         raise StreamingArgError(f"{name}={value!r} has type {type(value).__name__}: expected an integer >= {minimum}")
     if parsed < minimum:
-        raise StreamingArgError(f"{name}={value!r} is too small: expected an integer >= {minimum}")
+        # the integer, not as passed: lm-eval hands recent_size=-1 over as -1.0
+        raise StreamingArgError(f"{name}={parsed} is too small: expected an integer >= {minimum}")
     return parsed
 
 

@@ -45,7 +45,10 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
                "--model_args"]
     cli = [sys.executable, "-m", "lm_eval_streaming.cli"]
     return [
-        ("negative recent_size", lm_eval + ["recent_size=-1"], "recent_size=-1"),
+        ("negative recent_size", lm_eval + ["recent_size=-1"], "recent_size=-1 is too small"),  # not -1.0
+        ("zero recent_size (h2o)", lm_eval + ["method=h2o,recent_size=0"], "recent_size=0 is too small"),
+        ("option of another method", lm_eval + ["method=window,position_shift=true"],
+         "position_shift=True does not apply to method=window: it has no options"),  # no class attributes listed
         ("zero recent_size (streaming_llm)", lm_eval + ["recent_size=0"], "recent_size=0"),
         ("fractional recent_size", lm_eval + ["recent_size=2.5"], "recent_size=2.5"),
         ("string start_size", lm_eval + ["start_size=abc"], "start_size='abc'"),
@@ -92,12 +95,15 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_args(argv)
+    parser.add_argument("--only", default=None, metavar="TEXT", help="only the cases whose name contains TEXT")
+    args = parser.parse_args(argv)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     clear = unclear = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for name, args, fragment in _cases(Path(tmp)):
-            proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp, timeout=600)
+        for name, cmd, fragment in _cases(Path(tmp)):
+            if args.only and args.only not in name:
+                continue
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=600)
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
             last = lines[-1] if lines else ""
             ok = proc.returncode != 0 and "Traceback" not in proc.stderr and fragment in proc.stderr

@@ -10,6 +10,7 @@ records the probabilities and, after every E tokens, evicts with plain Python so
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 import pytest
@@ -98,11 +99,15 @@ class Reference:
                     score = self.last[layer]
                 else:
                     keys = cache.layers[layer].keys[0, g]
-                    norm = {p: float(keys[p].norm()) for p in alive}
-                    grid = max(norm.values()) * 2.0**-14  # the documented grid: rounding-level differences tie
-                    score = {p: -round(n / grid) for p, n in norm.items()}
+                    score = {p: -knorm_rounded(float(keys[p].norm())) for p in alive}
                 rest = sorted((p for p in alive if p not in forced), key=lambda p: (score[p], p), reverse=True)
                 heads[g] = sorted(forced | set(rest[: budget - len(forced)]))
+
+
+def knorm_rounded(norm: float, bits: int = 20) -> float:
+    """The documented knorm rule, by hand: the norm rounded half to even to ``bits`` significant bits."""
+    mantissa, exp = math.frexp(norm)  # norm = mantissa * 2**exp, 0.5 <= mantissa < 1
+    return math.ldexp(round(mantissa * 2**bits), exp - bits)
 
 
 STATE: dict = {}
@@ -230,6 +235,45 @@ def test_only_probability_methods_observe(models, monkeypatch):
     assert calls == []
     ours(model, ids, policy_for("h2o", 2, 9), 8)
     assert len(calls) == 29 * model.config.num_hidden_layers  # one per fed token (all but the last) per layer
+
+
+def _keys_with_norms(norms, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(len(norms), dim, generator=g, dtype=torch.float64)
+    return (keys / keys.norm(dim=-1, keepdim=True) * torch.tensor(norms, dtype=torch.float64)[:, None]).float()
+
+
+def _knorm_kept(keys, budget):
+    """What a knorm pruning keeps of keys [K, D] (the two calls ScoredLayer.prune makes)."""
+    policy = policy_for("knorm", 0, budget)
+    return keep_top(policy.prune_score(None, keys[None, None]), budget)[0, 0].tolist()
+
+
+def test_knorm_keeps_the_smallest_norms_not_a_grid():
+    """SmolLM2's case: norms 16.62472 (earlier) and 16.62521 (later), relative gap 2.9e-5, beside a key of norm 32:
+    the smaller one is kept, as a brute-force sort of the norms (float64) says."""
+    norms = [32.0, 16.62472, 16.62521, 5.0, 6.0, 16.7]
+    keys = _keys_with_norms(norms)
+    for budget in range(1, len(norms)):
+        brute = sorted(range(len(norms)), key=lambda i: (keys[i].double().norm().item(), -i))[:budget]
+        assert _knorm_kept(keys, budget) == sorted(brute), budget
+
+
+def test_knorm_ties_only_at_rounding_and_keeps_the_later_key():
+    """The same key rotated (a repeated token): norms equal but for float32 rounding tie, so the later is kept
+    whichever rounds smaller; the documented rule (20 significant bits) computed by hand agrees on every pair."""
+    key = _keys_with_norms([3.3])[0]
+    angle = torch.tensor(0.7)
+    turned = key.clone()
+    turned[0], turned[1] = key[0] * angle.cos() - key[1] * angle.sin(), key[0] * angle.sin() + key[1] * angle.cos()
+    for a, b in ((key, turned), (turned, key)):
+        keys = torch.stack([a, b, key * 2])
+        assert _knorm_kept(keys, 1) == [1]
+    for n in (16.62472, 16.62521, 0.1234567, 3.3, 1e-3):
+        x = torch.tensor([n], dtype=torch.float32)
+        from lm_eval_streaming.core.methods.knorm import rounded_norm
+
+        assert rounded_norm(torch.stack([x, torch.zeros(1)], -1)).item() == knorm_rounded(float(x)), n
 
 
 def test_keep_top_breaks_ties_towards_the_later_position():

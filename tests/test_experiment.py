@@ -454,3 +454,31 @@ def test_real_kill_and_resume_gives_the_uninterrupted_results(tiny_model_dirs, t
     assert len(uninterrupted) == 3 * 5 and resumed_scores.keys() == uninterrupted.keys()
     for key, value in uninterrupted.items():
         assert resumed_scores[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+@pytest.mark.slow
+def test_resume_keys_a_local_model_by_its_files(tiny_model_dirs, tmp_path):
+    """New weights at the same path are another model: the re-run scores them, and its numbers are a fresh
+    output's, not the old model's."""
+    import shutil
+
+    from conftest import make_model
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["llama"], model)
+    cfg = _tiny_config(tmp_path, model, methods=["window"], num_samples=1, grid={"max_tokens": [150]})
+    out = tmp_path / "out.jsonl"
+    assert _cli("experiment", cfg, "--no-progress", "--output", out).returncode == 0
+    make_model("llama", seed=1).save_pretrained(model)  # other weights, same path, same config
+    again = _cli("experiment", cfg, "--no-progress", "--output", out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 cells run, 0 already done" in again.stdout
+    fresh = tmp_path / "fresh.jsonl"
+    assert _cli("experiment", cfg, "--no-progress", "--output", fresh).returncode == 0
+
+    def ppl(path):
+        return [{row.label(): row.ppl for row in r.rows} for r in load_runs([path])]
+
+    old, new = ppl(out)
+    (expected,) = ppl(fresh)
+    assert new == pytest.approx(expected, rel=1e-9) and old != pytest.approx(expected, rel=1e-3)

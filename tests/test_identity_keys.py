@@ -329,7 +329,7 @@ def test_analyze_counts_a_run_read_twice_once(tmp_path):
     for files in ((one, one), (one, copy)):
         twice, proc = _report(tmp_path, *files)
         assert twice == single
-        assert "(1 runs," in (tmp_path / "report.md").read_text()
+        assert "(1 result file: 1 run," in (tmp_path / "report.md").read_text()
     assert "counted once" in proc.stderr  # the copy is named
 
 

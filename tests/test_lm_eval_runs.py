@@ -127,7 +127,7 @@ def test_analyze_reads_folders_mixed_with_benchmark_files(tmp_path):
                           str(tmp_path / "main_streaming_llm"), str(tmp_path / "bench.json")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "(2 runs," in out.stdout
+    assert "(3 result files: 2 runs," in out.stdout  # two lm-eval files (one run) and the benchmark file
 
 
 # ------------------------------------------------------------------ the same documents, two paths

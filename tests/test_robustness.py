@@ -15,7 +15,8 @@ from lm_eval_streaming.core.architectures import UnsupportedArchitecture, check_
 from lm_eval_streaming.core.methods import policy_for
 from lm_eval_streaming.options import StreamingArgError
 from lm_eval_streaming.core.diagnostics import Diagnostics
-from lm_eval_streaming.core.scoring import InsufficientMemory, score_sequences
+from lm_eval_streaming.core.memory import InsufficientMemory
+from lm_eval_streaming.core.scoring import score_sequences
 
 
 @pytest.mark.parametrize("model_type,config_kwargs,fragment", [
@@ -88,10 +89,10 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_dense_refuses_when_estimated_memory_exceeds_free(monkeypatch):
-    import lm_eval_streaming.core.scoring as scoring
+    import lm_eval_streaming.core.memory as memory
 
     model = make_model("llama")
-    monkeypatch.setattr(scoring, "available_bytes", lambda device: 50 * 2**20)  # 50 MiB free
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 50 * 2**20)  # 50 MiB free
     ids = list(range(3000))
     with pytest.raises(InsufficientMemory, match="method=dense over 3000 tokens"):
         score_sequences(model, [ids], policy_for("dense"), chunk_size=512)

@@ -191,7 +191,7 @@ def test_benchmark_default_set_has_one_call_dense_and_says_when_it_does_not_fit(
 
     from lm_eval_streaming.benchmark import command
     from lm_eval_streaming.benchmark.table import format_table
-    from lm_eval_streaming.core import scoring
+    from lm_eval_streaming.core import memory
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]).eval()
     kwargs = dict(methods=["streaming_llm"], max_tokens=60, num_samples=1, num_warmup=0, recent_sizes=[8],
@@ -204,13 +204,13 @@ def test_benchmark_default_set_has_one_call_dense_and_says_when_it_does_not_fit(
     table = format_table(run)
     assert "sdpa @full (1 call)" in table and "streaming_llm noshift" in table
     # the memory estimate of one call is what decides: make it not fit
-    need = scoring.estimate_bytes(model, policy_for("dense"), 60, 1, 16, one_call=True, kernel="sdpa")
-    monkeypatch.setattr(scoring, "available_bytes", lambda device: need - 1)
+    need = memory.estimate_bytes(model, policy_for("dense"), 60, 1, 16, one_call=True, kernel="sdpa")
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need - 1)
     run = command.run_benchmark(str(tiny_model_dirs["llama"]), **kwargs)
     assert "dense[sdpa@full]" not in [r.label() for r in run.rows]
     err = capsys.readouterr().err
     assert err.count("default@full (dense in one call) left out") == 1 and "needs about" in err
-    with pytest.raises(scoring.InsufficientMemory, match="one call"):  # asked for by name: refused before work
+    with pytest.raises(memory.InsufficientMemory, match="one call"):  # asked for by name: refused before work
         command.run_benchmark(str(tiny_model_dirs["llama"]), **{**kwargs, "dense_attn": "sdpa,sdpa@full"})
 
 

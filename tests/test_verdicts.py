@@ -200,7 +200,7 @@ def test_analyze_reads_benchmark_json_experiment_jsonl_and_old_files_mixed(tmp_p
     n_legacy = len([line for line in LEGACY.read_text().splitlines() if line.strip()])
     expected = len(real_runs) + n_legacy
     text = report.read_text()
-    assert f"({expected} runs, " in text
+    assert f": {expected} runs, " in text  # after "N result files"
     # every source contributed rows: the legacy runs' reference kernel, the new runs' sdpa with kernel error
     assert "| smollm2-135m | cpu | float32 | 1000 | dense[sdpa] | sdpa |" in text
     assert text.count("| dense[lm_eval_streaming] |") >= len(real_runs) + n_legacy

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from lm_eval_streaming.records.metrics import exceeds_trained_context, region_means
 from lm_eval_streaming.records import Row, Run
+from lm_eval_streaming.records.lm_eval_runs import SUBSET_MARK
 from lm_eval_streaming.analysis.base import REF_RECENT, finite, mean
 
 NONFINITE_FIELDS = ("nan_logits", "inf_logits", "nonfinite_tokens", "nonfinite_attn_scores")
@@ -135,6 +136,21 @@ def nonfinite(row: Row) -> int | None:
 
 def logit_counts_measured(row: Row) -> bool:
     return all(getattr(row, k) is not None for k in LOGIT_COUNTS)
+
+
+def samples_text(run: Run) -> str:
+    """The number of samples, and ``(subset 2 of 10 docs, ids ...)`` when an lm-eval run scored only some
+    of its task's documents (``--limit``, ``--samples``)."""
+    subset = next((p for p in (run.sample_spec or "").split(":") if p.startswith(SUBSET_MARK)), None)
+    return str(run.num_samples) + (f" ({subset})" if subset else "")
+
+
+def data_counts(runs: list[Run]) -> str:
+    """``3 result files: 1 run, 3 rows``: the files read (a run of lm-eval folders has one per row), runs, rows."""
+    files = {row.source or run.source for run in runs for row in run.rows} - {None}
+    n_rows = sum(len(r.rows) for r in runs)
+    counts = f"{len(runs)} run{'s' * (len(runs) != 1)}, {n_rows} row{'s' * (n_rows != 1)}"
+    return f"{len(files)} result file{'s' * (len(files) != 1)}: {counts}" if files else counts
 
 
 # ------------------------------------------------------------------ the data

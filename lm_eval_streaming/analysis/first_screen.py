@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from lm_eval_streaming.analysis.base import (MIN_INTERVAL_DOCS, OPEN, RULED_OUT, STEPS, SUPPORTED, Analysis, code, fmt,
                                              signed, spread, wrap)
-from lm_eval_streaming.analysis.data import Data, Scored, delta_class
+from lm_eval_streaming.analysis.data import Data, Scored, data_counts, delta_class
 from lm_eval_streaming.records.lm_eval_rolling import PER_BYTE
 
 FIRST_SCREEN = 25  # lines, title included
@@ -118,11 +118,10 @@ def next_step(a: Analysis) -> tuple[str, bool] | None:
 
 
 def first_screen(a: Analysis, d: Data, sources: list[str]) -> list[str]:
-    rows = sum(len(r.rows) for r in a.runs)
     labels = ", ".join(sorted({e.row.label() for e in d.ref})) or "none"
     out = ["# StreamingLLM vs dense attention: the answer", ""]
-    out += wrap(f"Streaming = {labels} vs dense ({len(a.runs)} runs, {rows} rows); ΔNLL = streaming - dense, same "
-                "documents (< 0: better).") + [""]
+    out += wrap(f"{labels} vs dense ({data_counts(a.runs)}). ΔNLL = streaming - dense, same documents; "
+                "< 0: better.") + [""]
     if d.ref:
         out += _table(d) + [""] + wrap(_answer(d))
     else:

@@ -13,7 +13,7 @@ from lm_eval_streaming.analysis.base import (CAUSAL_TOL, HUGE_ATTN_SCORE, HUGE_L
 from lm_eval_streaming.analysis.first_screen import SEED, first_screen, next_step, open_steps
 from lm_eval_streaming.analysis.critical import smoothing_text
 from lm_eval_streaming.analysis.hypotheses.numerics import BROKEN, CLEAN, UNMEASURED
-from lm_eval_streaming.analysis.data import Data, Scored, kernel_name, nonfinite
+from lm_eval_streaming.analysis.data import Data, Scored, kernel_name, nonfinite, samples_text
 
 GLOSSARY = (("现象描述", "what was observed"), ("原因分析", "cause"), ("压缩提升预测能力", "compression improves prediction"),
             ("数值稳定性问题", "numerical problem (of dense)"), ("其他: 位置外推 (超出训练长度)",
@@ -27,9 +27,11 @@ COLUMNS = ("run", "samples", "model", "device", "dtype", "tokens", "method", "ke
            "kernel error (mean)", "probe max abs Δlogit", "non-finite", "max abs logit")
 
 
-def run_name(run) -> str:
-    """Which run a row comes from: its experiment, or its result file."""
-    return run.experiment or (PurePath(run.source).name if run.source else "n/a")
+def run_name(run, row=None) -> str:
+    """Which run a row comes from: its experiment, or its result file (the row's own when the run was read from
+    several: lm-eval folders, one per method; there the folder tells the file apart)."""
+    source = (row.source if row is not None else None) or run.source
+    return run.experiment or ("/".join(PurePath(source).parts[-3:]) if source else "n/a")
 
 
 def figure_link(path: str) -> str:
@@ -52,8 +54,9 @@ def _acc(row, n: int) -> str:
 def _cells(e: Scored) -> list[str]:
     run, row = e.run, e.row
     ke, probe, bad = row.kernel_error, row.causality, nonfinite(row)
-    return [run_name(run), str(run.num_samples), run.model_id, run.device, run.dtype, str(run.max_tokens), row.label(),
-            kernel_name(row) if row.attn_implementation else "n/a", fmt(row.ppl, 2), _acc(row, run.num_samples),
+    return [run_name(run, row), samples_text(run), run.model_id, run.device, run.dtype, str(run.max_tokens),
+            row.label(), kernel_name(row) if row.attn_implementation else "n/a", fmt(row.ppl, 2),
+            _acc(row, run.num_samples),
             "" if row.delta_nll_vs_dense is None else signed(row.delta_nll_vs_dense) + spread(row.delta_nll_ci,
                                                                                              run.num_samples),
             "" if row.delta_acc_vs_dense is None else signed(row.delta_acc_vs_dense, 4),
@@ -65,7 +68,7 @@ def _cells(e: Scored) -> list[str]:
 
 def _table(a: Analysis) -> str:
     entries = [Scored(run, row) for run in a.runs for row in run.rows]
-    entries.sort(key=lambda e: (e.run.model_id, e.run.device, e.run.dtype, e.run.max_tokens, run_name(e.run),
+    entries.sort(key=lambda e: (e.run.model_id, e.run.device, e.run.dtype, e.run.max_tokens, run_name(e.run, e.row),
                                 not e.row.is_dense,
                                 e.row.method, e.row.recent_size or 0, e.row.attn_implementation or ""))
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]

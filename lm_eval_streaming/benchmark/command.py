@@ -32,7 +32,8 @@ def _dense_kernels(model, names: list[str], n_tokens: int, chunk_size: int,
     listed, else the first). ``default@full`` is left out, with one line saying so, where its memory estimate
     does not fit; another ``KERNEL@full`` that does not fit is refused before any row is scored."""
     from lm_eval_streaming.core.methods import baseline_policy
-    from lm_eval_streaming.core.scoring import InsufficientMemory, check_memory
+    from lm_eval_streaming.core.memory import InsufficientMemory, check_memory
+    from lm_eval_streaming.core.scoring import input_device
 
     own = model.config._attn_implementation
     kernels = []
@@ -41,7 +42,7 @@ def _dense_kernels(model, names: list[str], n_tokens: int, chunk_size: int,
         setting = (own if kernel == MODEL_DEFAULT_KERNEL else kernel, one_call)
         if one_call:
             try:
-                check_memory(model, baseline_policy(), n_tokens, 1, chunk_size, True, setting[0])
+                check_memory(model, baseline_policy(), n_tokens, 1, chunk_size, True, setting[0], input_device(model))
             except InsufficientMemory as e:
                 if kernel != MODEL_DEFAULT_KERNEL:
                     raise

@@ -16,7 +16,8 @@ from lm_eval_streaming.core.whole_forward import whole_forward_error
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, resolve_device, torch_dtype
 from lm_eval_streaming.core.methods import baseline_policy, policy_for
 from lm_eval_streaming.core.diagnostics import Diagnostics
-from lm_eval_streaming.core.scoring import estimate_bytes, resolve_kernel, score_sequences
+from lm_eval_streaming.core.memory import estimate_bytes
+from lm_eval_streaming.core.scoring import resolve_kernel, score_sequences
 from lm_eval_streaming.core.sessions import open_session
 
 

@@ -27,7 +27,8 @@ from lm_eval_streaming.core.attention import REFERENCE_KERNEL, LayerView, attend
 from lm_eval_streaming.core.cache import LayerRule
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, as_int
 from lm_eval_streaming.core.methods import baseline_policy
-from lm_eval_streaming.core.scoring import ScoredTokens, available_bytes, resolve_kernel, score_sequences
+from lm_eval_streaming.core.memory import available_bytes
+from lm_eval_streaming.core.scoring import ScoredTokens, resolve_kernel, score_sequences
 from lm_eval_streaming.core.sessions import input_device, open_session
 
 

@@ -9,8 +9,8 @@ import torch
 from lm_eval_streaming.core.attention import REFERENCE_KERNEL, attention_kernel
 from lm_eval_streaming.core.diagnostics import Diagnostics
 from lm_eval_streaming.core.policy import CachePolicy
-from lm_eval_streaming.core.sessions import RECOMPUTE_TOKENS_PER_FORWARD, check_one_call, input_device, open_session
-from lm_eval_streaming.errors import UserError
+from lm_eval_streaming.core.memory import check_memory
+from lm_eval_streaming.core.sessions import check_one_call, input_device, open_session
 from lm_eval_streaming.options import DEFAULT_CHUNK_SIZE, StreamingArgError, as_int
 
 
@@ -28,65 +28,6 @@ def resolve_kernel(model, policy: CachePolicy, attn_implementation: str | None) 
     if not policy.full_attention:
         return REFERENCE_KERNEL
     return attn_implementation or model.config._attn_implementation
-
-
-class InsufficientMemory(UserError, RuntimeError):
-    """The estimated memory of a run exceeds what the device has free."""
-
-
-# kernels that never hold a layer's [Q, K] scores at once on CPU / CUDA (fused, blocked)
-FUSED_KERNELS = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
-
-
-def estimate_bytes(model, policy: CachePolicy, n_tokens: int, batch: int, chunk_size: int,
-                   one_call: bool = False, kernel: str | None = None) -> int:
-    """Upper estimate of the memory a scoring run needs beyond the weights: KV cache, scores, logits.
-    ``one_call``: one plain forward over all ``n_tokens`` through ``kernel`` (logits of every position at once)."""
-    cfg = model.config.get_text_config()
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    elem = next(model.parameters()).element_size()
-    if one_call:
-        kernel = kernel or model.config._attn_implementation
-        fused = kernel in FUSED_KERNELS and input_device(model).type in ("cpu", "cuda")
-        # fused kernels work in query blocks; others (eager, MPS) hold [B, H, N, N] scores + probs and the mask
-        q_block = min(n_tokens, DEFAULT_CHUNK_SIZE) if fused else n_tokens
-        scores = 2 * batch * heads * q_block * n_tokens * 4 + (0 if fused else batch * n_tokens * n_tokens * elem)
-        kv = 2 * cfg.num_hidden_layers * batch * kv_heads * head_dim * elem * n_tokens  # no cache, but q/k/v + MLP
-        mlp = 4 * batch * n_tokens * max(getattr(cfg, "intermediate_size", 0) or 0, cfg.hidden_size) * elem
-        logits = batch * n_tokens * cfg.vocab_size * (elem + 4) + 3 * batch * DEFAULT_CHUNK_SIZE * cfg.vocab_size * 4
-        return kv + mlp + scores + logits
-    chunk = min(chunk_size, n_tokens)
-    kept = n_tokens if policy.recent is None else min(n_tokens, policy.budget)
-    if not policy.uses_cache:
-        kept, chunk = policy.budget + 1, RECOMPUTE_TOKENS_PER_FORWARD
-    kv = 2 * cfg.num_hidden_layers * batch * kv_heads * head_dim * elem * (kept + chunk)
-    scores = 2 * batch * heads * chunk * (kept + chunk) * 4  # fp32 scores and probabilities of one layer
-    logits = 3 * batch * chunk * cfg.vocab_size * 4  # logits, log-probs, argmax work
-    return kv + scores + logits
-
-
-def available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    import psutil
-
-    return psutil.virtual_memory().available
-
-
-def check_memory(model, policy: CachePolicy, n_tokens: int, batch: int, chunk_size: int, one_call: bool = False,
-                 kernel: str | None = None) -> None:
-    need = estimate_bytes(model, policy, n_tokens, batch, chunk_size, one_call, kernel)
-    have = available_bytes(input_device(model))
-    if need > have:
-        raise InsufficientMemory(
-            f"method={policy.method} over {n_tokens} tokens (batch {batch}, "
-            f"{'one call (chunk_size=full)' if one_call else f'chunk_size {chunk_size}'}) needs about "
-            f"{need / 2**30:.1f} GiB beyond the weights, but only {have / 2**30:.1f} GiB is free on "
-            f"{input_device(model)}. Use a smaller batch_size or chunk_size, shorter documents, or method=streaming_llm "
-            f"(its memory does not grow with length)."
-        )
 
 
 @dataclass
@@ -126,7 +67,7 @@ def score_sequences(model, sequences: list[list[int]], policy: CachePolicy,
     kernel = resolve_kernel(model, policy, attn_implementation)
     check_one_call(policy, one_call)
     total = max(lengths)
-    check_memory(model, policy, total, len(sequences), chunk_size, one_call, kernel)
+    check_memory(model, policy, total, len(sequences), chunk_size, one_call, kernel, input_device(model))
     ids = torch.zeros(len(sequences), total, dtype=torch.long)
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)

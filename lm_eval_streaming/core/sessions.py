@@ -15,13 +15,12 @@ from lm_eval_streaming.core.cache import LayerRule, StreamingCache, cache_nbytes
 from lm_eval_streaming.core.diagnostics import Diagnostics
 from lm_eval_streaming.core.eviction import EvictingCache, ScoredPolicy, chunk_mask, pieces
 from lm_eval_streaming.core.layers import layer_specs
+from lm_eval_streaming.core.memory import RECOMPUTE_TOKENS_PER_FORWARD
 from lm_eval_streaming.core.methods import baseline_policy
 from lm_eval_streaming.core.policy import CachePolicy
 from lm_eval_streaming.core.rotary_probe import shift_mismatch
 from lm_eval_streaming.options import StreamingArgError
 
-# Windows re-encoded per forward by sliding_recompute: bounds its activation memory.
-RECOMPUTE_TOKENS_PER_FORWARD = 8192
 
 
 def input_device(model) -> torch.device:

@@ -36,7 +36,7 @@ from typing import Any
 from lm_eval_streaming.benchmark.args import (DEFAULTS, check_bool, check_benchmark_args, check_dense_attn, check_methods,
                                               check_position_shift)
 from ..errors import UserError
-from lm_eval_streaming.core.loading import check_model_id
+from lm_eval_streaming.core.loading import check_model_id, files_digest
 from ..options import StreamingArgError, as_int, check_device_name, check_dtype, int_list
 
 META_KEYS = ("name", "description", "grid")
@@ -170,11 +170,14 @@ def expand_cells(config: dict) -> list[dict]:
 
 
 def cell_key(cell: dict) -> str:
-    """Stable key of a cell: sha256 of its canonical JSON with the sample and record versions, 16 hex digits."""
+    """Stable key of a cell: sha256 of its canonical JSON with the sample and record versions and, for a local
+    model directory, a digest of its files (new weights at the same path are another model), 16 hex digits."""
     from lm_eval_streaming.records import SCHEMA
     from lm_eval_streaming.benchmark.samples import SAMPLES_VERSION
 
-    canon = json.dumps({**cell, "_samples": SAMPLES_VERSION, "_record": SCHEMA}, sort_keys=True,
+    model = os.path.expanduser(str(cell.get("model_id") or ""))
+    local = {"_model_files": files_digest(model)} if model and os.path.isdir(model) else {}
+    canon = json.dumps({**cell, **local, "_samples": SAMPLES_VERSION, "_record": SCHEMA}, sort_keys=True,
                        separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

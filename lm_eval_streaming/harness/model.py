@@ -28,8 +28,8 @@ from lm_eval_streaming.core.methods import policy_for
 from lm_eval_streaming.harness.scores import CONTEXT_BUCKETS, RollingResult, context_bucket
 from lm_eval_streaming.harness.use_cache import CACHE_NEUTRAL_ARGS, guard_cache, tokenizer_digest
 from lm_eval_streaming.core.diagnostics import Diagnostics
-from lm_eval_streaming.core.scoring import (ScoredTokens, available_bytes, check_kernel, estimate_bytes, resolve_kernel,
-                                            score_sequences)
+from lm_eval_streaming.core.memory import available_bytes, estimate_bytes
+from lm_eval_streaming.core.scoring import ScoredTokens, check_kernel, resolve_kernel, score_sequences
 from lm_eval_streaming.core.sessions import check_one_call, input_device
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class StreamingHFLM(HFLM):
         batch = 1
         while batch < min(len(sequences), self.max_batch_size) and \
                 estimate_bytes(self.model, self.policy, longest, 2 * batch, self.chunk_size, self.one_call,
-                               self.kernel) <= free:
+                               self.kernel, input_device(self.model)) <= free:
             batch *= 2
         batch = min(batch, len(sequences), self.max_batch_size)
         logger.info("batch_size=%s: %d documents per forward (%d tokens, memory estimate)", bs, batch, longest)

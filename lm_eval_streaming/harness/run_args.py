@@ -121,6 +121,26 @@ def patch_config(module) -> None:
 
     _process_arguments._lm_eval_streaming = True
     cls._process_arguments = _process_arguments
+    _patch_default_device(cls)
+
+
+def _patch_default_device(cls) -> None:
+    """lm-eval's config fills ``device=cuda:0`` when neither ``--device`` nor the YAML config gave one; for
+    streaming_hf that default becomes None (the best device here), so no warning names a device nobody asked for."""
+    original = cls.__dict__.get("from_cli")
+    if original is None or getattr(original.__func__, "_lm_eval_streaming", False):
+        return
+
+    def from_cli(klass, namespace):
+        config = original.__func__(klass, namespace)
+        asked = getattr(namespace, "device", None) or (
+            getattr(namespace, "config", None) and klass.load_yaml_config(namespace.config).get("device"))
+        if config.model == MODEL_NAME and not asked:
+            config.device = None
+        return config
+
+    from_cli._lm_eval_streaming = True
+    cls.from_cli = classmethod(from_cli)
 
 
 def before_ruler_nltk(module_name: str) -> None:

@@ -35,18 +35,19 @@ from pathlib import Path
 from lm_eval_streaming.errors import UserError
 from lm_eval_streaming.records.identity import (KEY_FIELDS, display_names, parse_model_args,  # noqa: F401  (API)
                                                 run_identity, task_setting)
-from lm_eval_streaming.records.lm_eval_results import _timestamp, find_result_files, run_metrics
+from lm_eval_streaming.records.lm_eval_results import _timestamp, documents, find_result_files, run_metrics
 
 logger = logging.getLogger(__name__)
 
 # Identity columns of a row, then the metric columns.
 ID_COLUMNS = ("model", "method", "start_size", "recent_size", "policy_options", "dtype", "model_name", "model_id",
               "revision", "model_sha", "attn_implementation", "chunk_size", "device", "limit", "prompt", "gen_kwargs",
-              "seeds", "num_fewshot", "task_config", "extra_args")
+              "seeds", "num_fewshot", "task_config", "documents", "extra_args")
 # Shown in comparison.md only when they differ between rows.
 VARYING_COLUMNS = ("policy_options", "model_id", "revision", "model_sha", "attn_implementation", "chunk_size",
-                   "device", "limit", "prompt", "gen_kwargs", "seeds", "num_fewshot", "task_config", "extra_args")
-TASK_FIELDS = ("num_fewshot", "task_config")  # per task (task_setting), summed up per row
+                   "device", "limit", "prompt", "gen_kwargs", "seeds", "num_fewshot", "task_config", "documents",
+                   "extra_args")
+TASK_FIELDS = ("num_fewshot", "task_config", "documents")  # per task (task_setting, documents), summed up per row
 
 
 def load_runs(roots, exclude=None) -> list[dict]:
@@ -82,7 +83,8 @@ def load_runs(roots, exclude=None) -> list[dict]:
             except ValueError as e:
                 raise UserError(f"{path}: {e}") from None
             runs.append({**ident, "metrics": metrics, "source": str(path), "timestamp": _timestamp(path),
-                         "date": data.get("date"), "tasks": {t: task_setting(data, t) for t in metrics}})
+                         "date": data.get("date"),
+                         "tasks": {t: (task_setting(data, t), documents(data, t, path)) for t in metrics}})
     runs.sort(key=lambda r: (_num(r.get("date")), r["timestamp"], r["source"]))
     _split_task_settings(runs)
     names = display_names(runs, KEY_FIELDS + TASK_FIELDS)
@@ -92,9 +94,10 @@ def load_runs(roots, exclude=None) -> list[dict]:
 
 
 def _split_task_settings(runs: list[dict]) -> None:
-    """Runs of one setting share a row unless a task they both scored differs in few-shot count, version or
-    config: then the later run starts (or joins) another row. Each run's key gains its row's task settings,
-    and ``num_fewshot`` / ``task_config`` say them (one value when all tasks of the row agree)."""
+    """Runs of one setting share a row unless a task they both scored differs in few-shot count, version,
+    config or documents (a ``--limit`` / ``--samples`` subset is never merged into the full run): then the later
+    run starts (or joins) another row. Each run's key gains its row's task settings, and ``num_fewshot`` /
+    ``task_config`` / ``documents`` say them (one value when all tasks of the row agree; ``all`` documents)."""
     rows: dict[tuple, list[dict]] = {}
     member = []
     for run in runs:  # oldest first
@@ -107,13 +110,17 @@ def _split_task_settings(runs: list[dict]) -> None:
         member.append(row)
     for run, row in zip(runs, member):
         settings = sorted(row.items())
+        docs = {d or "all" for _, (_, d) in settings}
+        run["documents"] = (next(iter(docs)) if len(docs) == 1
+                            else ",".join(f"{t}={d or 'all'}" for t, (_, d) in settings))
+        settings = [(t, s) for t, (s, _) in settings]
         shots = {s.split(" ")[0] for _, s in settings}
         configs = {" ".join(s.split(" ")[1:]) for _, s in settings}
         run["num_fewshot"] = (next(iter(shots)).replace("-shot", "") if len(shots) == 1
                               else ",".join(f"{t}={s.split(' ')[0].replace('-shot', '')}" for t, s in settings))
         run["task_config"] = (next(iter(configs)) if len(configs) == 1
                               else ",".join(f"{t}={' '.join(s.split(' ')[1:])}" for t, s in settings))
-        run["key"] = run["key"] + (tuple(settings),) if len(rows[run["key"]]) > 1 else run["key"]
+        run["key"] = run["key"] + (tuple(sorted(row.items())),) if len(rows[run["key"]]) > 1 else run["key"]
 
 
 def _num(x) -> float:
@@ -237,6 +244,7 @@ def write_leaderboard_files(outdir: Path, runs: list[dict]) -> list[Path]:
                 "seeds": run["seeds"],
                 "num_fewshot": run["num_fewshot"],
                 "task_config": run["task_config"],
+                "documents": run["documents"],
                 "lm_eval_model": run["lm_eval_model"],
                 "lm_eval_model_args": run["model_args"],
                 "source": run["source"],

@@ -91,8 +91,8 @@ def _first_int(name: str, *values, default=None):
 
 def _policy(method: str, config: dict, args: dict):
     """(start_size, recent_size, full_attention, options) as recorded, defaults filled in; ``options``: the
-    method's own fields (``evict_every``, ``position_shift``) with the method's defaults, as one string, so
-    ``evict_every=1`` given or left to its default is one setting."""
+    method's own fields (``evict_every``, ``position_shift``) with the method's defaults, as {name: value},
+    so ``evict_every=1`` given or left to its default is one setting."""
     start = _first_int("start_size", config.get("streaming_start_size"), args.get("start_size"),
                        default=DEFAULT_START_SIZE)
     recent = _first_int("recent_size", config.get("streaming_recent_size"), args.get("recent_size"),
@@ -107,9 +107,8 @@ def _policy(method: str, config: dict, args: dict):
         # replace validates the recorded values as the method does; None keeps the method's default
         policy = dataclasses.replace(policy, **{k: given[k] for k in own if given.get(k) is not None})
     except ValueError:  # a method or option this version does not know: keep what was recorded
-        return start, recent, False, ",".join(f"{k}={v}" for k, v in sorted(given.items()) if v is not None) or None
-    options = ",".join(f"{k}={getattr(policy, k)}" for k in own)
-    return (*policy.record_sizes(), policy.full_attention, options or None)
+        return start, recent, False, {k: v for k, v in sorted(given.items()) if v is not None}
+    return (*policy.record_sizes(), policy.full_attention, {k: getattr(policy, k) for k in own})
 
 
 def _limit(value):
@@ -164,21 +163,23 @@ def run_identity(data: dict) -> dict:
                                     if k not in NEUTRAL_ARGS | OWN_ARGS) or None}
     if lm_model in HF_MODELS:
         method, start, recent, chunk, suffix, options = "hf (windowed)", None, None, None, "hf-windowed", None
+        values = {}
         attn = args.get("attn_implementation")
     elif lm_model == STREAMING_MODEL or not lm_model:
         method = str(config.get("streaming_method") or args.get("method") or DEFAULT_METHOD)
-        start, recent, full, options = _policy(method, config, args)
+        start, recent, full, values = _policy(method, config, args)
+        options = ",".join(f"{k}={v}" for k, v in values.items()) or None
         given = config.get("streaming_chunk_size") or args.get("chunk_size")
         chunk = FULL_CHUNK if str(given).strip().lower() == FULL_CHUNK else _first_int(
             "chunk_size", config.get("streaming_chunk_size"), args.get("chunk_size"), default=DEFAULT_CHUNK_SIZE)
         attn = config.get("streaming_attn_implementation") or args.get("attn_implementation")
         suffix = method if full or recent is None else f"{method}-s{start}-r{recent}"
     else:
-        method, start, recent, chunk, options = lm_model, None, None, None, None
+        method, start, recent, chunk, options, values = lm_model, None, None, None, None, {}
         attn = args.get("attn_implementation")
         suffix = re.sub(r"[^A-Za-z0-9._-]+", "-", lm_model)
     ident.update(method=method, start_size=start, recent_size=recent, policy_options=options, chunk_size=chunk,
-                 attn_implementation=attn)
+                 attn_implementation=attn, policy_values=values)
     model = short_model(ident["model_id"])
     ident.update(key=tuple(ident[k] for k in KEY_FIELDS), model=model, model_name=f"{model}__{suffix}",
                  suffix=suffix, model_args=config.get("model_args"))
@@ -201,6 +202,7 @@ QUALIFIERS = {
     "seeds": lambda v: f"-seeds={v}" if v else "-seeds?",
     "num_fewshot": lambda v: f"-{v}shot",
     "task_config": lambda v: f"-task={v}",
+    "documents": lambda v: "" if v == "all" else "-docs=" + re.sub(r"[^A-Za-z0-9]+", "-", str(v)),
     "lm_eval_model": lambda v: f"-{v}",
 }
 

@@ -24,8 +24,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from lm_eval_streaming.records.identity import run_identity, parse_model_args
-from lm_eval_streaming.records.lm_eval_results import find_result_files
+from lm_eval_streaming.options import FULL_CHUNK
+from lm_eval_streaming.records.identity import run_identity, parse_model_args, task_setting
+from lm_eval_streaming.records.lm_eval_results import documents, find_result_files, task_samples
 from lm_eval_streaming.records.metrics import REGIONS, AROUND_HIGH, AROUND_LOW, set_deltas, t_interval
 from lm_eval_streaming.records.run import Buckets, Interval, Row, Run
 
@@ -33,9 +34,11 @@ STREAMING_MODEL = "streaming_hf"
 SAMPLE_SPEC = "lm_eval:{task}"  # the documents of an lm-eval task (sizes in the task's own units)
 # The relative-position buckets the tasks report: the context regions of records.metrics.
 REGION_EDGES = [0.0, AROUND_LOW, AROUND_HIGH, math.inf]
+SUBSET_MARK = "subset "  # in a run's sample_spec: the run scored some of the task's documents
 _LENGTH = re.compile(r"_(\d+)$")
 RUN_KEY = ("model_id", "revision", "model_sha", "dtype", "device", "chunk_size", "limit", "prompt", "extra_args")
-ROW_KEY = ("method", "start_size", "recent_size", "attn_implementation")
+# A row: the method with every option it has, defaults filled (identity.policy_options), and its kernel.
+ROW_KEY = ("method", "start_size", "recent_size", "policy_options", "attn_implementation")
 
 
 def is_lm_eval_output(path) -> bool:
@@ -46,14 +49,6 @@ def is_lm_eval_output(path) -> bool:
 
 def _timestamp(results: Path) -> str:
     return results.stem[len("results_"):]
-
-
-def _samples(results: Path, task: str) -> list[dict] | None:
-    """The per-document samples lm-eval wrote with these results (same folder and time stamp)."""
-    path = results.with_name(f"samples_{task}_{_timestamp(results)}.jsonl")
-    if not path.is_file():
-        return None
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _number(value) -> float | None:
@@ -123,15 +118,20 @@ class _Setting:
         self.path, self.task, self.ident = path, task, ident
         self.results = data["results"][task]
         self.time = _timestamp(path)
-        self.samples = _samples(path, task)
+        self.samples = task_samples(path, task)
+        # what else changes the numbers of this task: its config and the documents scored (a subset is its own run)
+        self.task_key = (task_setting(data, task), documents(data, task, path, self.samples))
+        self.one_call = ident["recent_size"] is None and ident["chunk_size"] == FULL_CHUNK
         # lm-eval's max_length is the model's max_position_embeddings unless the user set max_length
         self.trained_context = None if "max_length" in args else (int(data["max_length"])
                                                                    if _number(data.get("max_length")) else None)
         self.versions = {k: str(data[f"{k}_version"]) for k in ("lm_eval", "transformers") if data.get(f"{k}_version")}
         self.base = dict(
             method=ident["method"], start_size=ident["start_size"], recent_size=ident["recent_size"],
-            attn_implementation=ident["attn_implementation"],
-            one_call=False if ident["recent_size"] is None else None,  # the adapter's dense is chunked, cached
+            attn_implementation=ident["attn_implementation"], source=str(path),
+            position_shift=ident["policy_values"].get("position_shift"),
+            evict_every=ident["policy_values"].get("evict_every"),
+            one_call=self.one_call if ident["recent_size"] is None else None,  # chunk_size=full: one plain forward
             # older results recorded the stream's true position as max_position for every method
             max_position=diag.get("max_position") if "max_stream_position" in diag or ident["recent_size"] is None
             else None, stream_length=None if diag.get("max_stream_position") is None
@@ -179,16 +179,17 @@ def _settings(paths, warn: Callable[[str], None]) -> list[_Setting]:
 
 
 def _reference(rows: list[Row]) -> Row | None:
-    """The dense row the others are paired with: the model's own kernel (sdpa) when there are several."""
-    dense = [r for r in rows if r.is_dense]
-    return next((r for r in dense if r.attn_implementation == "sdpa"), dense[0] if dense else None)
+    """The dense row the others are paired with: the model's own kernel (sdpa) when there are several, chunked
+    before ``@full`` (as benchmark pairs)."""
+    dense = sorted((r for r in rows if r.is_dense), key=lambda r: (r.attn_implementation != "sdpa", bool(r.one_call)))
+    return dense[0] if dense else None
 
 
 def _run(task: str, group: list[_Setting], warn) -> Run:
     # One row per setting; a setting scored twice: the later results file.
     latest: dict[tuple, _Setting] = {}
     for s in sorted(group, key=lambda s: s.time):
-        latest[tuple(s.ident[k] for k in ROW_KEY)] = s
+        latest[(*(s.ident[k] for k in ROW_KEY), s.one_call)] = s
     settings = list(latest.values())
     docs = {id(s): s.docs() for s in settings}
     with_docs = [s for s in settings if docs[id(s)] is not None]
@@ -196,19 +197,21 @@ def _run(task: str, group: list[_Setting], warn) -> Run:
     for s in with_docs:
         if set(docs[id(s)]) != common:
             warn(f"{s.path}: {task}: {len(docs[id(s)])} documents, {len(common)} of them scored by every "
-                 f"setting: paired over those")
+                 f"setting: " + ("paired over those" if common else "not paired: each row over its own documents"))
     for s in settings:
         if docs[id(s)] is None:
             warn(f"{s.path}: {task}: no per-document samples (run lm_eval with --log_samples): the row has "
                  f"lm-eval's aggregates only, no interval and no paired difference")
     order = sorted(common)
     rows = [_row_from_docs(s.base, [docs[id(s)][k] for k in order]) if docs[id(s)] is not None and order
+            else _row_from_docs(s.base, list(docs[id(s)].values())) if docs[id(s)] is not None
             else _row_from_aggregates(s.base, s.results) for s in settings]
     ref = _reference(rows)
     for row in rows:
-        if row is not ref and ref is not None and row.per_sample_nll is not None and ref.per_sample_nll is not None:
+        if (row is not ref and ref is not None and order and row.per_sample_nll is not None
+                and ref.per_sample_nll is not None):
             set_deltas(row, ref)
-    first = settings[0]
+    first = next((s for s in settings if not s.one_call), settings[0])
     tokens = [d.tokens for d in (docs[id(with_docs[0])].values() if with_docs else ())]
     length = _LENGTH.search(task)
     # The longest document in the model's tokens (+1: the prefix token, as a benchmark sample counts it).
@@ -217,11 +220,13 @@ def _run(task: str, group: list[_Setting], warn) -> Run:
     n_samples = len(order) if order else int(_number(first.results.get("sample_len")) or 0)
     return Run(
         model_id=first.ident["model_id"], max_tokens=max_tokens, num_samples=n_samples,
-        dtype=first.ident["dtype"], device=first.ident["device"], chunk_size=first.ident["chunk_size"] or 0,
+        dtype=first.ident["dtype"], device=first.ident["device"],
+        chunk_size=0 if first.one_call else first.ident["chunk_size"] or 0,
         rows=rows, model_revision=first.ident["model_sha"] or None,
         trained_context=contexts.pop() if len(contexts) == 1 else None,
         sample_spec=SAMPLE_SPEC.format(task=task) + ("" if first.ident["limit"] is None
-                                                     else f":limit={first.ident['limit']}"),
+                                                     else f":limit={first.ident['limit']}")
+        + ("" if first.task_key[1] is None else f":{SUBSET_MARK}{first.task_key[1]}"),
         versions=first.versions, finished_at=max(s.time for s in settings),
         source=", ".join(sorted({str(s.path) for s in settings})))
 
@@ -233,5 +238,14 @@ def load_lm_eval_runs(paths, warn: Callable[[str], None] | None = None) -> list[
     warn = warn or logging.getLogger(__name__).warning
     groups: dict[tuple, list[_Setting]] = {}
     for s in _settings(list(paths), warn):
-        groups.setdefault((s.task, *(s.ident[k] for k in RUN_KEY)), []).append(s)
+        groups.setdefault((s.task, s.task_key, *(s.ident[k] for k in RUN_KEY)), []).append(s)
+    # dense with chunk_size=full has no chunk: it joins every run that differs from it by the chunk size only
+    chunk = 2 + RUN_KEY.index("chunk_size")
+    for key in [k for k in groups if k[chunk] == FULL_CHUNK]:
+        rest = key[:chunk] + key[chunk + 1:]
+        others = [k for k in groups if k[chunk] != FULL_CHUNK and k[:chunk] + k[chunk + 1:] == rest]
+        for other in others:
+            groups[other] += groups[key]
+        if others:
+            del groups[key]
     return [_run(key[0], group, warn) for key, group in groups.items()]

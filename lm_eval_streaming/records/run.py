@@ -175,6 +175,7 @@ class Row:
     kernel_error: KernelErrorStats | None = None
     causality: CausalityStats | None = None
     whole_forward: WholeForwardStats | None = None  # the row's dtype against a float32 shadow of its forward
+    source: str | None = None  # file it was read from, when the run's rows come from several (not stored)
 
     @property
     def is_dense(self) -> bool:
@@ -220,6 +221,8 @@ class Run:
     def to_dict(self) -> dict:
         out = {"schema": SCHEMA, **asdict(self)}
         out.pop("source")
+        for row in out["rows"]:
+            row.pop("source")
         return out
 
     @classmethod

@@ -4,6 +4,8 @@ A new method is one new file here (a :class:`CachePolicy` subclass decorated wit
 ``@register_policy``), imported below, plus its tests.
 """
 
+import dataclasses
+
 from . import streaming_llm, dense, window, sliding_recompute, h2o, tova, knorm  # noqa: F401  (registers them; order = METHODS order)
 from lm_eval_streaming.core.policy import _REGISTRY, CachePolicy
 from lm_eval_streaming.options import DEFAULT_METHOD, DEFAULT_RECENT_SIZE, DEFAULT_START_SIZE, StreamingArgError
@@ -23,7 +25,8 @@ def policy_for(method: str = DEFAULT_METHOD, start_size=DEFAULT_START_SIZE,
     if cls is None:
         raise StreamingArgError(f"method={method!r} is unknown: expected one of {', '.join(_REGISTRY)}")
     options = {k: v for k, v in options.items() if v is not None}
-    fields = set(cls.__dataclass_fields__) - {"start_size", "recent_size"}
+    # dataclasses.fields: the options a user passes (__dataclass_fields__ also lists the ClassVars)
+    fields = {f.name for f in dataclasses.fields(cls)} - {"start_size", "recent_size"}
     unknown = sorted(set(options) - fields)
     if unknown:
         raise StreamingArgError(f"{unknown[0]}={options[unknown[0]]!r} does not apply to method={method}"
