@@ -6,6 +6,8 @@ The reference is each model's own plain forward (``model(input_ids)``), never th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from types import SimpleNamespace
 
 import pytest
@@ -77,7 +79,7 @@ def test_table_names_every_type_and_cell(llama):
 
 def test_docs_table_lists_every_registered_type():
     """docs/conformance.md is regenerated when transformers changes (``lm-eval-streaming conformance``)."""
-    text = (conf.Path(__file__).resolve().parents[1] / "docs" / "conformance.md").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[1] / "docs" / "conformance.md").read_text(encoding="utf-8")
     missing = [t for t in causal_lm_types() if f"| {t} |" not in text and f"- {t}: " not in text]
     assert not missing, f"docs/conformance.md lacks {missing}: regenerate it with lm-eval-streaming conformance"
 
