@@ -326,10 +326,11 @@ import sys, time, pathlib
 sys.path.insert(0, {tests!r})
 from test_experiment import FakeBenchmark
 import lm_eval_streaming.experiment.runner as runner
+import lm_eval_streaming.cli, lm_eval_streaming.options, torch, tqdm  # noqa: F401  (loaded before the start line)
 ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-class Slow(FakeBenchmark):
+class Slow(FakeBenchmark):  # slow enough that a busy machine still starts the other runner within a cell
     def __call__(self, **kw):
-        time.sleep(0.4)
+        time.sleep(1.5)
         return super().__call__(**kw)
 runner._get_run_benchmark = lambda: Slow()
 ready.touch()
