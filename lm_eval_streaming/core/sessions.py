@@ -68,10 +68,12 @@ def _stats(diag: Diagnostics | None):
 class CachedSession:
     """streaming_llm, window and dense through the project's kernel: one pass per chunk over cache + chunk."""
 
+    cache_class = StreamingCache
+
     def __init__(self, model, policy: CachePolicy, diagnostics: Diagnostics | None = None):
         self.model, self.policy, self.diag = model, policy, diagnostics
         self.device = input_device(model)
-        self.cache = StreamingCache(policy, _specs(model, policy))
+        self.cache = self.cache_class(policy, _specs(model, policy))
         self.pos = 0
         if diagnostics is not None:
             diagnostics.scores_measured = True
@@ -231,14 +233,7 @@ class EvictingSession(CachedSession):
     ``evict_every`` tokens), one pass per piece over the kept entries + the piece, then a pruning."""
 
     rows_at_own_positions = False  # its cache keeps entries by score, one layout for the batch
-
-    def __init__(self, model, policy: ScoredPolicy, diagnostics: Diagnostics | None = None):
-        self.model, self.policy, self.diag = model, policy, diagnostics
-        self.device = input_device(model)
-        self.cache = EvictingCache(policy, _specs(model, policy))
-        self.pos = 0
-        if diagnostics is not None:
-            diagnostics.scores_measured = True
+    cache_class = EvictingCache
 
     def feed(self, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         batch, n = ids.shape
