@@ -197,3 +197,56 @@ def test_an_unscored_row_is_an_error_not_a_number(monkeypatch):
     monkeypatch.setattr(benchmark_rows, "score_sequences", lambda *a, **k: [])
     with pytest.raises(RuntimeError, match="scored 0 of 9 tokens"):
         benchmark_rows.score_row(make_model("llama"), [list(range(10))], baseline_policy(), 4, 0, 256)
+
+
+def _bos_tokenizer():
+    """The default tokenizer made to put its <|im_start|> (id 1) before every text, as Gemma's puts <bos>."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(load_tokenizer())
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", pair="<|im_start|> $A $B",
+                                                              special_tokens=[("<|im_start|>", 1)])
+    assert tok("x")["input_ids"][0] == 1 and tok("x", add_special_tokens=False)["input_ids"][0] != 1
+    return tok
+
+
+@pytest.mark.parametrize("max_tokens, num_samples", [(2000, 4), (30000, 2)])
+def test_samples_start_with_the_tokens_the_tokenizer_puts_before_a_text(max_tokens, num_samples):
+    """A tokenizer that adds a BOS (Gemma) gets it before every sample, then max_tokens - 1 tokens of text, the
+    text cut as the windows of a tokenizer without one (brute force: round robin per document, or the joined
+    documents for windows longer than a document). A tokenizer without one is unchanged."""
+    from lm_eval_streaming.benchmark.samples import corpus_file, sample_spec, text_prefix
+
+    tok, plain_tok = _bos_tokenizer(), load_tokenizer()
+    docs = [plain_tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"]
+            for line in corpus_file().read_text().splitlines() if line.strip()]
+    n = max_tokens - 1
+    if all(len(d) >= n for d in docs):
+        expected = [d[n * i:n * (i + 1)] for i in range(3) for d in docs if len(d) >= n * (i + 1)]
+    else:
+        joined = [t for d in docs for t in d]
+        expected = [joined[n * i:n * (i + 1)] for i in range(len(joined) // n)]
+    got = load_samples(tok, max_tokens, num_samples)
+    assert got == [[1] + w for w in expected[:num_samples]]
+    assert text_prefix(plain_tok) == [] and text_prefix(tok) == [1]
+    assert sample_spec(text_prefix(tok)).endswith(":prefix=1") and ":prefix" not in sample_spec([])
+
+
+def test_the_cell_key_names_a_prefix_only_when_the_tokenizer_puts_one(monkeypatch):
+    """Records scored without Gemma's <bos> must not count as done for the samples with it."""
+    from lm_eval_streaming.benchmark import samples
+    from lm_eval_streaming.core import loading
+    from lm_eval_streaming import experiment as ex
+
+    cell = ex.expand_cells(ex.validate_config({"name": "t", "description": "d", "model_id": "smollm2-135m",
+                                               "methods": ["streaming_llm"], "device": "cpu",
+                                               "grid": {"max_tokens": [100]}}, "t.yaml"))[0]
+    keys = {}
+    for name, tok in (("plain", load_tokenizer()), ("bos", _bos_tokenizer())):
+        samples.model_prefix.cache_clear()
+        monkeypatch.setattr(loading, "load_tokenizer", lambda model_id, tok=tok: tok)
+        keys[name] = ex.cell_key(cell)
+    samples.model_prefix.cache_clear()
+    assert keys["plain"] != keys["bos"]

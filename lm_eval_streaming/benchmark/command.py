@@ -21,7 +21,7 @@ from lm_eval_streaming.core.loading import load_model, load_tokenizer, model_ide
 from lm_eval_streaming.options import DTYPE_NAMES, StreamingArgError
 from lm_eval_streaming.records import Run
 from lm_eval_streaming.records.io import check_writable, write_run
-from lm_eval_streaming.benchmark.samples import load_samples, sample_spec
+from lm_eval_streaming.benchmark.samples import load_samples, sample_spec, text_prefix
 
 __all__ = ["load_model", "load_samples", "run_benchmark", "add_parser", "run", "main"]
 
@@ -180,7 +180,7 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
         model_id=a["model_id"], max_tokens=a["max_tokens"], num_samples=a["num_samples"],
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), device=model.device.type,
         chunk_size=a["chunk_size"], rows=rows, trained_context=trained_context, num_warmup=a["num_warmup"],
-        sample_spec=sample_spec(), **model_identity(model, a["model_id"]),
+        sample_spec=sample_spec(text_prefix(tokenizer)), **model_identity(model, a["model_id"]),
         versions={"torch": torch.__version__, "transformers": transformers.__version__,
                   "lm_eval_streaming": __version__},
         machine=f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),

@@ -170,13 +170,17 @@ def expand_cells(config: dict) -> list[dict]:
 
 
 def cell_key(cell: dict) -> str:
-    """Stable key of a cell: sha256 of its canonical JSON with the sample and record versions and, for a local
-    model directory, a digest of its files (new weights at the same path are another model), 16 hex digits."""
+    """Stable key of a cell: sha256 of its canonical JSON with the sample and record versions, the tokens its
+    model's tokenizer puts before each sample (when there are any: Gemma's <bos>) and, for a local model
+    directory, a digest of its files (new weights at the same path are another model), 16 hex digits."""
     from lm_eval_streaming.records import SCHEMA
-    from lm_eval_streaming.benchmark.samples import SAMPLES_VERSION
+    from lm_eval_streaming.benchmark.samples import SAMPLES_VERSION, model_prefix
 
     model = os.path.expanduser(str(cell.get("model_id") or ""))
     local = {"_model_files": files_digest(model)} if model and os.path.isdir(model) else {}
+    prefix = model_prefix(cell["model_id"]) if cell.get("model_id") else ()
+    if prefix:
+        local["_prefix"] = list(prefix)
     canon = json.dumps({**cell, **local, "_samples": SAMPLES_VERSION, "_record": SCHEMA}, sort_keys=True,
                        separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
