@@ -118,6 +118,14 @@ def _families(a: Analysis) -> list[str]:
     return lines
 
 
+def judged(a: Analysis) -> list[tuple[str, object]]:
+    """(name prefix, hypothesis) as judged: each family's own when there are several (what is open is open in a
+    family, whatever the verdict over families), else the analysis's."""
+    if a.families:
+        return [(f"{label}: ", h) for label, fa in a.families.items() for h in fa.hypotheses.values()]
+    return [("", h) for h in a.hypotheses.values()]
+
+
 SEED = "the seed's setting (MPS, float16), not measured here"
 
 
@@ -125,16 +133,16 @@ def open_steps(a: Analysis) -> dict[str, list[str]]:
     """{step: the criteria it decides} for the undecided key criteria of the hypotheses still open, in STEPS order;
     with none open and the seed's device (MPS) not measured, its hardware recipe (with a model hub)."""
     found = {}
-    for h in a.hypotheses.values():
+    for prefix, h in judged(a):
         if h.verdict == OPEN:
             for c in h.undecided():
                 if c.step:
-                    found.setdefault(c.step, []).append(c.name)
-    for h in a.hypotheses.values():  # then what would strengthen a verdict (the ablation where it was not run)
+                    found.setdefault(c.step, []).append(prefix + c.name)
+    for prefix, h in judged(a):  # then what would strengthen a verdict (the ablation where it was not run)
         if h.verdict != RULED_OUT:
             for c in h.criteria:
                 if c.step and not c.key and c.step not in found:
-                    found.setdefault(c.step, []).append(c.name)
+                    found.setdefault(c.step, []).append(prefix + c.name)
     if not found and not any(str(r.device).startswith("mps") for r in a.runs):
         found["hardware"] = [SEED]
     return {s: found[s] for s in STEPS if s in found}
@@ -144,7 +152,7 @@ def next_step(a: Analysis) -> tuple[str, bool] | None:
     """(step, offline): the first open step that runs here, offline (those deciding an open hypothesis first); else
     the first one, with a model hub."""
     steps = open_steps(a)
-    keys = {c.step for h in a.hypotheses.values() if h.verdict == OPEN for c in h.undecided()}
+    keys = {c.step for _, h in judged(a) if h.verdict == OPEN for c in h.undecided()}
     ordered = [s for s in steps if s in keys] or list(steps)
     offline = next((s for s in ordered if STEPS[s].offline and steps[s] != [SEED]), None)
     return (offline, True) if offline else ((ordered[0], False) if ordered else None)
