@@ -70,17 +70,18 @@ def _open_why(h: Hypothesis) -> str:
 
 def over_families(name: str, per: dict[str, Analysis], brief: bool = False) -> str:
     """``supported in 1 of 2 families (smollm2); cannot decide in gemma-3 (why; next: step ...)``; ``brief``:
-    without the why."""
+    ``supported in 1 of 2 (smollm2), cannot decide in 1 of 2 (gemma-3)``, families named where not all."""
     by = defaultdict(list)
     for label, a in per.items():
         by[a.hypotheses[name].verdict].append(label)
     n, parts = len(per), []
+    if brief:
+        return ", ".join(f"{v} in {len(by[v])} of {n}" + (f" ({', '.join(by[v])})" if len(by[v]) < n else "")
+                         for v in (SUPPORTED, RULED_OUT, OPEN) if by[v])
     for verdict in (SUPPORTED, RULED_OUT):
         if by[verdict]:
             parts.append(f"{verdict} in {len(by[verdict])} of {n} families ({', '.join(by[verdict])})")
-    if by[OPEN] and brief:
-        parts.append(f"cannot decide in {', '.join(by[OPEN])}")
-    elif by[OPEN]:
+    if by[OPEN]:
         parts.append(f"cannot decide in {', '.join(by[OPEN])} ("
                      + "; ".join(f"{label}: {_open_why(per[label].hypotheses[name])}" for label in by[OPEN]) + ")")
     return "; ".join(parts)
@@ -112,9 +113,8 @@ def default_model_note(a: Analysis, step: str) -> str:
         models = sorted({r.model_id for r in fa.runs})
         if DEFAULT_MODEL_NAME not in models and any(c.step == step for h in fa.hypotheses.values()
                                                     for c in h.criteria):
-            others.append(f"{label} needs its own: model_id {', '.join(models)}, lengths scaled to its context "
-                          f"{context_of(fa)}")
-    return f" (the config is for {DEFAULT_MODEL_NAME}; {'; '.join(others)})" if others else ""
+            others.append(f"{label} needs one with model_id {', '.join(models)} at its context {context_of(fa)}")
+    return f" ({DEFAULT_MODEL_NAME}'s config; {'; '.join(others)})" if others else ""
 
 
 def _hypothesis(name: str, per: dict[str, Analysis]) -> Hypothesis:

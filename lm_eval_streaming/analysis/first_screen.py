@@ -34,7 +34,7 @@ def _pick(d: Data, families: dict | None = None) -> list[Scored]:
     families, each family's own (MAX_SETTINGS shared out)."""
     rank = {"better": 0, "worse": 1, "tie": 2, "unknown": 3}
     groups = [[e for e in d.ref if e.run in fa.runs] for fa in families.values()] if families else [d.ref]
-    n = max(1, MAX_SETTINGS // len(groups))
+    n = MAX_SETTINGS if len(groups) == 1 else 1  # several families: each one's first row (its line follows)
     rows = [e for g in groups for e in sorted(g, key=lambda e: (rank[delta_class(e.row, d.tol)],
                                                                  -abs(e.delta or 0.0)))[:n]]
     return sorted(rows, key=lambda e: (e.run.model_id, e.run.device, e.run.dtype, e.run.max_tokens))
@@ -100,8 +100,12 @@ def _family_cause(fa: Analysis) -> str:
     by = {}
     for k, h in fa.hypotheses.items():
         steps = h.steps() if h.verdict == OPEN else []
-        by.setdefault(h.verdict, []).append(SHORT_NAMES[k] + (f" (next: step `{steps[0]}`)" if steps else ""))
-    return "cause **cannot decide**: " + "; ".join(f"{v}: {', '.join(ks)}" for v, ks in by.items())
+        by.setdefault(h.verdict, []).append(SHORT_NAMES[k] + (f": next step `{steps[0]}`" if steps else ""))
+    parts = [f"{v}: {', '.join(by[v])}" for v in (OPEN, SUPPORTED) if v in by]
+    if RULED_OUT in by:
+        parts.append(("others" if len(by) > 1 else "all") + " ruled out" if len(by[RULED_OUT]) + len(by.get(OPEN, []))
+                     == len(fa.hypotheses) else f"ruled out: {', '.join(by[RULED_OUT])}")
+    return "cause **cannot decide** (" + "; ".join(parts) + ")"
 
 
 def _families(a: Analysis) -> list[str]:
@@ -110,7 +114,7 @@ def _families(a: Analysis) -> list[str]:
     for label, fa in a.families.items():
         fd = Data(fa.runs, fa.tolerance)
         better = sum(delta_class(e.row, fd.tol) == "better" for e in fd.ref)
-        lines += wrap(f"- {title(label, fa)}: streaming better in {better} of {len(fd.ref)} settings; "
+        lines += wrap(f"- {title(label, fa)}: {better} of {len(fd.ref)} settings streaming better; "
                       f"{_family_cause(fa)}; {critical_text(fa)}.", "  ")
     lines += wrap("- over families: " + "; ".join(f"{SHORT_NAMES[k]} {over_families(k, a.families, brief=True)}"
                                                  for k in a.hypotheses) + ".", "  ")
