@@ -14,7 +14,7 @@ from test_report_screen import _first_screen
 from lm_eval_streaming.analysis.base import OPEN, PASS, RULED_OUT, SUPPORTED, UNDECIDED
 from lm_eval_streaming.analysis.first_screen import FIRST_SCREEN
 from lm_eval_streaming.analysis.report import render_report
-from lm_eval_streaming.analysis.verdict import analyze, analyze_family
+from lm_eval_streaming.analysis.verdict import analyze
 from lm_eval_streaming.records import load_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +48,9 @@ def _criteria(h):
 
 def test_each_family_is_judged_on_its_own_runs_never_pooled():
     a = analyze(extrapolation_runs() + gemma_short_runs())
+    # over families: supported only where every family supports it; B open is not counted as agreeing (pooled, A's
+    # break made it "supported" for both)
+    assert a.verdicts["extrapolation"] == OPEN and a.cause_key is None
     assert list(a.families) == ["smollm2", "gemma-3"]
     smol, gemma = a.families["smollm2"], a.families["gemma-3"]
     assert smol.verdicts["extrapolation"] == SUPPORTED
@@ -63,8 +66,6 @@ def test_each_family_is_judged_on_its_own_runs_never_pooled():
             assert _criteria(h) == _criteria(alone.hypotheses[name]), (family, name)
     short_and_long = smol.hypotheses["compression"].criterion("short_and_long").evidence
     assert "16000 tokens" not in short_and_long and "8000 tokens" not in short_and_long
-    # over families: supported only where every family supports it; B open is not counted as agreeing
-    assert a.verdicts["extrapolation"] == OPEN and a.cause_key is None
     assert a.hypotheses["extrapolation"].scope.startswith(
         "supported in 1 of 2 families (smollm2); cannot decide in gemma-3 (gemma-3: dense NLL jumps")
     assert [t for t, _, _ in a.reasons] == [False, False, False]  # nothing ticked: not supported in every family
@@ -92,18 +93,18 @@ def test_critical_points_are_multiples_of_each_familys_own_context():
     """Both families break at their own trained context: 1.00x each (8192 and 32768 tokens); pooled, one critical
     point (the longest run's) stood for both."""
     a = analyze(extrapolation_runs() + gemma_long_runs())
+    seq = a.scope["sequence length"]
+    assert seq.startswith("smollm2 (trained context 8192): >= 8192 tokens (1.00x the trained context 8192)")
+    assert "; gemma-3 (trained context 32768): >= 32768 tokens (1.00x the trained context 32768)" in seq
+    text = " ".join(line.strip() for line in _first_screen(render_report(a)))
+    assert "critical point 8192 tokens = 1.00x its context" in text
+    assert "critical point 32768 tokens = 1.00x its context" in text
+    assert "the same supported cause in each" in text
     assert a.families["gemma-3"].verdicts["extrapolation"] == SUPPORTED
     assert a.verdicts["extrapolation"] == SUPPORTED and a.cause_key == "extrapolation"
     cps = {label: fa.critical_main for label, fa in a.families.items()}
     assert cps["smollm2"].pooled == 8192 and cps["smollm2"].run.trained_context == 8192
     assert cps["gemma-3"].pooled == 32768 and cps["gemma-3"].run.trained_context == GEMMA_TC
-    text = " ".join(line.strip() for line in _first_screen(render_report(a)))
-    assert "critical point 8192 tokens = 1.00x its context" in text
-    assert "critical point 32768 tokens = 1.00x its context" in text
-    assert "the same supported cause in each" in text
-    seq = a.scope["sequence length"]
-    assert seq.startswith("smollm2 (trained context 8192): >= 8192 tokens (1.00x the trained context 8192)")
-    assert "; gemma-3 (trained context 32768): >= 32768 tokens (1.00x the trained context 32768)" in seq
 
 
 def test_a_family_that_contradicts_is_ruled_out_there_and_named():
@@ -112,14 +113,16 @@ def test_a_family_that_contradicts_is_ruled_out_there_and_named():
     flat = [make_run("gemma-3-270m", _gemma_nll(None), max_tokens=n, trained_context=GEMMA_TC, model_family="gemma-3")
             for n in (8000, 40000)]
     a = analyze(extrapolation_runs() + flat)
+    assert a.verdicts["extrapolation"] == RULED_OUT  # pooled: "supported", B's flat dense diluted into A's jump
     assert a.families["gemma-3"].hypotheses["extrapolation"].criterion("dense_jump").status != PASS
     assert a.families["gemma-3"].verdicts["extrapolation"] == RULED_OUT
-    assert a.verdicts["extrapolation"] == RULED_OUT
     assert a.hypotheses["extrapolation"].scope == ("supported in 1 of 2 families (smollm2); ruled out in 1 of 2 "
                                                    "families (gemma-3)")
 
 
 def test_one_family_is_analysed_as_before():
+    from lm_eval_streaming.analysis.verdict import analyze_family  # the verdict as it was: all runs as one
+
     runs = extrapolation_runs()
     a = analyze(runs)
     assert a.families == {}
