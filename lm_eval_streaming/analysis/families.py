@@ -130,6 +130,14 @@ def _joined(per: dict[str, Analysis], text_of) -> str:
     return "; ".join(f"{title(label, a)}: {text_of(a)}" for label, a in per.items())
 
 
+def _without_notes(a: Analysis) -> str:
+    """A family's phenomenon without the sentences on what was not measured (said once, over all runs)."""
+    text = a.phenomenon
+    for note in a.notes:
+        text = text.replace(" " + note, "")
+    return text
+
+
 def _meaning(per: dict[str, Analysis], recall_text: str) -> str:
     """Each family's practical meaning once, with the families it holds for; the recall measurement once."""
     by_text = defaultdict(list)
@@ -154,8 +162,8 @@ def combine(per: dict[str, Analysis], d: Data, size_line: str, recall_text: str,
     reasons = [(key == cause_key, label, "; ".join(f"{fl}: {a.reasons[i][2]}" for fl, a in per.items()))
                for i, (key, label) in enumerate(reason_lines)]
     return Analysis(
-        runs=d.runs, hypotheses=hyps, phenomenon=" ".join(f"{title(label, a)}: {a.phenomenon}"
-                                                          for label, a in per.items()),
+        runs=d.runs, hypotheses=hyps, phenomenon=" ".join([f"{title(label, a)}: {_without_notes(a)}"
+                                                           for label, a in per.items()] + notes),
         cause=cause, cause_key=cause_key,
         cause_evidence=[f"{label}: {e}" for label, a in per.items() for e in a.cause_evidence],
         scope={"model size": size_line, "sequence length": _joined(per, lambda a: a.scope["sequence length"]),
