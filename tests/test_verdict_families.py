@@ -145,3 +145,27 @@ def test_two_family_reports_keep_the_screen_and_line_limits(name):
         check(name)
     finally:
         del test_report_screen.SCENARIOS[name]
+
+
+def test_a_family_without_the_effect_is_not_counted_as_showing_it():
+    """B past its context: dense's gap to streaming grows by 0.2 nats beyond 1.1x (the jump criterion passes), but
+    dense stays 0.1 better: the hypothesis is supported there, the effect is not seen, "every model" is not claimed
+    (the shape of Gemma's one 37000-token sample)."""
+    def nll(model, method, recent, kernel, pos, args):
+        if method == "dense":
+            return 2.8 + (0.2 if pos >= GEMMA_TC else 0.0)
+        return 3.1 + (0.8 if method == "window" and pos > 4 + recent else 0.0)
+
+    b = [make_run("gemma-3-270m", nll, max_tokens=n, trained_context=GEMMA_TC, model_family="gemma-3")
+         for n in (8000, 40000)]
+    a = analyze(extrapolation_runs() + b)
+    assert a.families["gemma-3"].verdicts["extrapolation"] == SUPPORTED
+    assert a.families["gemma-3"].critical_main is None
+    report = render_report(a)
+    text = " ".join(line.strip() for line in _first_screen(report))
+    assert ("gemma-3 (trained context 32768): 0 of 2 settings streaming better; no effect to explain; **position "
+            "extrapolation** supported (1 key criterion passes); critical point not reached by 40000 tokens = 1.22x "
+            "its context") in text
+    assert ("is seen in 1 of 2 families (smollm2: position extrapolation); not in gemma-3 (critical point not reached "
+            "by 40000 tokens = 1.22x its context): not shown for every model") in text
+    assert "- Cause: no effect to explain here" in report

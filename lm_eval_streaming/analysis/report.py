@@ -12,7 +12,7 @@ from lm_eval_streaming.analysis.base import (CAUSAL_TOL, HUGE_ATTN_SCORE, HUGE_L
                                              code, signed, spread, step_ref, wrap)
 from lm_eval_streaming.analysis.first_screen import SEED, first_screen, next_step, open_steps
 from lm_eval_streaming.analysis.critical import smoothing_text
-from lm_eval_streaming.analysis.families import default_model_note, every_model, title
+from lm_eval_streaming.analysis.families import default_model_note, effect_seen, every_model, title
 from lm_eval_streaming.analysis.hypotheses.numerics import BROKEN, CLEAN, UNMEASURED
 from lm_eval_streaming.analysis.data import Data, Scored, kernel_name, nonfinite, samples_text
 
@@ -216,6 +216,15 @@ def _readable_summary(a: Analysis) -> list[str]:
     return out
 
 
+def _family_summary(fa: Analysis) -> list[str]:
+    """One family's summary; where the family shows no effect, its supported hypothesis is not called its cause."""
+    lines = _readable_summary(fa)
+    if fa.cause_key and not effect_seen(fa) and lines[0].startswith("- Cause: ☑ "):
+        lines[:1] = wrap("- Cause: no effect to explain here (streaming not significantly better, no critical point); "
+                         f"its key criteria support {lines[0].removeprefix('- Cause: ☑ ')}", "  ")
+    return lines
+
+
 def _next_commands(a: Analysis) -> list[str]:
     """Every open step once, each command printed once (the first screen's is not repeated)."""
     first = next_step(a)
@@ -245,7 +254,7 @@ def render_report(a: Analysis, sources: Iterable[str] = (), figure_links: Iterab
     out += ["## Verdicts", ""] + _verdict_table(a) + [""]
     out += wrap("A hypothesis is supported or ruled out by its key criteria only; side criteria inform. "
                 "How it judges: docs/verdict.md.") + [""]
-    out += ["## Summary", ""] + _per_family(a, _readable_summary) + [""]
+    out += ["## Summary", ""] + _per_family(a, _family_summary if a.families else _readable_summary) + [""]
     if a.families:
         out += wrap(f"Over families: {every_model(a.families)}.") + [""]
     out += ["## 结论 (the seed's template)", ""] + _template(a) + [""]
