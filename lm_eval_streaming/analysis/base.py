@@ -165,6 +165,7 @@ class Analysis:
     critical_main: object = None  # the critical point the template cites (None: not reached anywhere)
     kernels: list = field(default_factory=list)  # numerics.KernelJudgement per device x dtype x kernel
     notes: list[str] = field(default_factory=list)  # what was not measured (accuracy, per-sample curves)
+    families: dict = field(default_factory=dict)  # label -> each family's own Analysis, when there are several
 
     @property
     def verdicts(self) -> dict[str, str]:

@@ -61,6 +61,7 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
+    from lm_eval_streaming.analysis.families import critical_text
     from lm_eval_streaming.analysis.report import render_report
     from lm_eval_streaming.analysis.verdict import analyze
 
@@ -95,6 +96,10 @@ def run(args) -> int:
     print(f"report -> {out}" + (f" ({len(links)} figures in {args.figures})" if args.figures else ""))
     for h in a.hypotheses.values():
         print(f"  {h.label}: {h.verdict}" + (f" ({h.where or h.scope})" if h.scope else ""))
+    if a.families:  # judged family by family: each one's critical point, as a multiple of its own context
+        for label, fa in a.families.items():
+            print(f"  {label}: {critical_text(fa)}")
+        return 0
     cp = a.critical_main
     print("  critical point: " + (f"{cp.text()}; per sample: {cp.spread()}" if cp else "not reached"))
     return 0

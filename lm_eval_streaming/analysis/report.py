@@ -12,6 +12,7 @@ from lm_eval_streaming.analysis.base import (CAUSAL_TOL, HUGE_ATTN_SCORE, HUGE_L
                                              code, signed, spread, step_ref, wrap)
 from lm_eval_streaming.analysis.first_screen import SEED, first_screen, next_step, open_steps
 from lm_eval_streaming.analysis.critical import smoothing_text
+from lm_eval_streaming.analysis.families import default_model_note, effect_seen, every_model, title
 from lm_eval_streaming.analysis.hypotheses.numerics import BROKEN, CLEAN, UNMEASURED
 from lm_eval_streaming.analysis.data import Data, Scored, kernel_name, nonfinite, samples_text
 
@@ -99,6 +100,19 @@ SHORT_NAMES = {"compression": "压缩提升预测能力 compression", "numerical
 
 
 def _verdict_table(a: Analysis) -> list[str]:
+    """One row per hypothesis; with several families one per hypothesis and family (each judged on its own runs),
+    then the line over families."""
+    if a.families:
+        rows = [[label] + r for label, fa in a.families.items() for r in _verdict_rows(fa)]
+        rows.sort(key=lambda r: list(SHORT_NAMES.values()).index(r[1]) if r[1] in SHORT_NAMES.values() else 9)
+        out = table(("family", "hypothesis", "verdict", "decided by (key criteria)", "key numbers"), rows) + [""]
+        for h in a.hypotheses.values():
+            out += wrap(f"- {SHORT_NAMES.get(h.name, h.label)} over families: {h.scope}", "  ")
+        return out
+    return table(("hypothesis", "verdict", "decided by (key criteria)", "key numbers"), _verdict_rows(a))
+
+
+def _verdict_rows(a: Analysis) -> list[list[str]]:
     rows = []
     for h in a.hypotheses.values():
         deciding = {RULED_OUT: h.failed(), OPEN: h.undecided()}.get(h.verdict, h.keys)
@@ -108,7 +122,7 @@ def _verdict_table(a: Analysis) -> list[str]:
         if h.verdict == OPEN and h.steps():
             numbers = "next: " + ", ".join(f"step `{s}`" for s in h.steps())
         rows.append([SHORT_NAMES.get(h.name, h.label), h.verdict + (f" ({h.where})" if h.where else ""), by, numbers])
-    return table(("hypothesis", "verdict", "decided by (key criteria)", "key numbers"), rows)
+    return rows
 
 
 def _criteria_table(h) -> list[str]:
@@ -171,6 +185,16 @@ def _template(a: Analysis) -> list[str]:
     return out
 
 
+def _per_family(a: Analysis, render) -> list[str]:
+    """``render(a)``, or with several families ``render`` of each family under its name."""
+    if not a.families:
+        return render(a)
+    out = []
+    for label, fa in a.families.items():
+        out += [f"### {title(label, fa)}", ""] + render(fa) + [""]
+    return out[:-1]
+
+
 def _readable_summary(a: Analysis) -> list[str]:
     ticked = next((label for t, label, _ in a.reasons if t), None)
     cp = a.critical_main
@@ -192,13 +216,23 @@ def _readable_summary(a: Analysis) -> list[str]:
     return out
 
 
+def _family_summary(fa: Analysis) -> list[str]:
+    """One family's summary; where the family shows no effect, its supported hypothesis is not called its cause."""
+    lines = _readable_summary(fa)
+    if fa.cause_key and not effect_seen(fa) and lines[0].startswith("- Cause: ☑ "):
+        lines[:1] = wrap("- Cause: no effect to explain here (streaming not significantly better, no critical point); "
+                         f"its key criteria support {lines[0].removeprefix('- Cause: ☑ ')}", "  ")
+    return lines
+
+
 def _next_commands(a: Analysis) -> list[str]:
     """Every open step once, each command printed once (the first screen's is not repeated)."""
     first = next_step(a)
     out = []
     for sid, names in open_steps(a).items():
         s = STEPS[sid]
-        out += wrap(f"- `{sid}`: {s.adds}; decides: {'; '.join(names)}", "  ")
+        note = default_model_note(a, sid) if a.families and s.offline else ""
+        out += wrap(f"- `{sid}`: {s.adds}; decides: {'; '.join(names)}{note}", "  ")
         for command, hub in ((s.offline, False), (s.hub, True)):
             if not command or (names == [SEED] and not hub):  # the seed's device: no offline stand-in
                 continue
@@ -220,16 +254,19 @@ def render_report(a: Analysis, sources: Iterable[str] = (), figure_links: Iterab
     out += ["## Verdicts", ""] + _verdict_table(a) + [""]
     out += wrap("A hypothesis is supported or ruled out by its key criteria only; side criteria inform. "
                 "How it judges: docs/verdict.md.") + [""]
-    out += ["## Summary", ""] + _readable_summary(a) + [""]
+    out += ["## Summary", ""] + _per_family(a, _family_summary if a.families else _readable_summary) + [""]
+    if a.families:
+        out += wrap(f"Over families: {every_model(a.families)}.") + [""]
     out += ["## 结论 (the seed's template)", ""] + _template(a) + [""]
     out += ["## Critical point", ""] + wrap(f"Rule: the first position after which dense's NLL exceeds streaming's by "
                                             f"more than {a.tolerance} nats/token and stays above; smoothing: "
                                             f"{smoothing_text(a.critical) or 'n/a'}.") + [""]
     out += _critical_table(a) + [""]
-    out += ["## Numerics per dense kernel", ""] + _kernel_table(a) + [""]
+    out += ["## Numerics per dense kernel", ""] + _per_family(a, _kernel_table) + [""]
     out += ["## Criteria, hypothesis by hypothesis", ""]
     for h in a.hypotheses.values():
-        out += [f"### {h.label}: {h.verdict}", ""] + _criteria_table(h) + [""]
+        out += [f"### {h.label}: {h.verdict}", ""] + (wrap(f"Over families: {h.scope}.") + [""] if a.families else [])
+        out += _criteria_table(h) + [""]
     links = list(figure_links)
     if links:
         out += ["## Figures", ""] + [figure_link(p) for p in links] + [""]

@@ -11,6 +11,7 @@ from lm_eval_streaming.analysis.base import (OPEN, PASS, RULED_OUT, SUPPORTED, T
                                             signed)
 from lm_eval_streaming.analysis.hypotheses.compression import COMPRESSION
 from lm_eval_streaming.analysis.critical import critical_points
+from lm_eval_streaming.analysis.families import combine, split_families
 from lm_eval_streaming.analysis.data import Data, params_of, delta_class, effect, family_of, kernel_name, size_label
 from lm_eval_streaming.analysis.hypotheses.extrapolation import EXTRAPOLATION
 from lm_eval_streaming.analysis.hypotheses.numerics import (NUMERICAL, BROKEN, UNMEASURED, device_type, judge_kernels,
@@ -175,11 +176,14 @@ CAUSES = {
 }
 
 
+REASON_LINES = (("compression", "压缩提升预测能力"), ("numerical", "数值稳定性问题"),
+                ("extrapolation", "其他: 位置外推 (超出训练长度)"))
+
+
 def _reasons(hyps: dict, cause_key: str | None) -> list[tuple[bool, str, str]]:
     """The seed's three 原因分析 lines: exactly one ticked when one hypothesis is supported, else none."""
     out = []
-    for key, label in (("compression", "压缩提升预测能力"), ("numerical", "数值稳定性问题"),
-                       ("extrapolation", "其他: 位置外推 (超出训练长度)")):
+    for key, label in REASON_LINES:
         h = hyps[key]
         if h.verdict == SUPPORTED:
             why = "; ".join(f"{c.name}: {c.brief()}" for c in h.keys)
@@ -195,7 +199,23 @@ def _reasons(hyps: dict, cause_key: str | None) -> list[tuple[bool, str, str]]:
 
 def analyze(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> Analysis:
     """Judge the three hypotheses on typed runs (``records.load_runs``); recall points (``recall.load_recall_results``)
-    make the practical meaning cite the measured stop distances, or say that recall was not measured."""
+    make the practical meaning cite the measured stop distances, or say that recall was not measured. Runs of
+    several model families (``data.family_of``) are judged family by family, never pooled (analysis.families)."""
+    from lm_eval_streaming.analysis.recall import practical_meaning
+
+    groups = split_families(list(runs))
+    if len(groups) < 2:
+        return analyze_family(runs, tolerance, recall_points)
+    per = {label: analyze_family(rs, tolerance, None) for label, rs in groups.items()}
+    d = Data(list(runs), tolerance)
+    points = [p for a in per.values() for p in a.critical if p.dense.is_dense]
+    return combine(per, d, _size_line(d, points), practical_meaning(recall_points), CAUSES, REASON_LINES,
+                   _not_measured(d))
+
+
+def analyze_family(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> Analysis:
+    """The verdict on the runs of one model family (all of ``runs`` taken as one); ``recall_points=None``: the
+    practical meaning without the recall sentence (the analysis over families adds it once)."""
     from lm_eval_streaming.analysis.recall import practical_meaning
 
     d = Data(list(runs), tolerance)
@@ -240,7 +260,7 @@ def analyze(runs: list[Run], tolerance: float = TOLERANCE, recall_points=()) -> 
     kernels = judge_kernels(d)
     scope = {"model size": _size_line(d, points), "sequence length": _length_scope(d, points, main),
              "hardware": _hardware_scope(d, points, kernels)}
-    meaning = _meaning(d, cause_key, hyps) + " " + practical_meaning(recall_points)
+    meaning = _meaning(d, cause_key, hyps) + ("" if recall_points is None else " " + practical_meaning(recall_points))
     return Analysis(runs=d.runs, hypotheses=hyps, phenomenon=text, cause=cause, cause_key=cause_key,
                     cause_evidence=evidence, scope=scope, meaning=meaning, summary="\n".join(summary),
                     tolerance=tolerance, reasons=_reasons(hyps, cause_key), critical=every_point, critical_main=main,
