@@ -137,6 +137,20 @@ def test_missing_gemma_names_the_five_packages_before_any_work(monkeypatch, tmp_
     assert default_model_args("hf", f"pretrained={GEMMA}", None) == (f"pretrained={GEMMA}", None)
 
 
+def test_lm_eval_gets_the_prepared_checkpoint_as_model_and_ruler_tokenizer(monkeypatch, tmp_path):
+    """pretrained=gemma-3-270m: the adapter loads the prepared checkpoint and RULER, which loads a tokenizer by
+    the name in the task metadata, gets that checkpoint too (it failed reaching the hub for `gemma-3-270m`);
+    a tokenizer the user gave stays."""
+    from lm_eval_streaming.harness.run_args import default_model_args
+
+    checkpoint = tmp_path / "gemma-ckpt"
+    monkeypatch.setattr(dm, "ensure_model", lambda name, **kw: checkpoint)
+    args, meta = default_model_args("streaming_hf", f"pretrained={GEMMA},method=dense", None)
+    assert args == f"pretrained={checkpoint},method=dense" and meta == {"tokenizer": str(checkpoint)}
+    args, meta = default_model_args("streaming_hf", f"pretrained={GEMMA}", {"tokenizer": "mine"})
+    assert meta == {"tokenizer": "mine"}
+
+
 # ------------------------------------------------------------ the real model
 
 

@@ -70,11 +70,14 @@ def default_model_args(model, model_args, metadata):
     if embedded is None:
         return model_args, metadata
     if embedded.name != default_model.DEFAULT_MODEL_NAME:  # not found: the pip command, before any work
-        return _with_pretrained(model_args, str(default_model.ensure_model(embedded.name))), metadata
-    model_args = _with_pretrained(model_args, embedded.name)
+        checkpoint = str(default_model.ensure_model(embedded.name))
+        model_args = _with_pretrained(model_args, checkpoint)
+    else:
+        model_args = _with_pretrained(model_args, embedded.name)
     metadata = dict(metadata or {})
     if not _has_key(model_args, "tokenizer") and not _has_key(metadata, "tokenizer"):
-        checkpoint = _default_checkpoint()
+        # RULER sizes its documents with this tokenizer (lm-eval hands it the name the user typed)
+        checkpoint = checkpoint if embedded.name != default_model.DEFAULT_MODEL_NAME else _default_checkpoint()
         if checkpoint is not None:
             metadata["tokenizer"] = checkpoint
     return model_args, metadata
