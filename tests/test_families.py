@@ -186,3 +186,25 @@ def test_shift_is_refused_where_the_models_rotation_is_not_the_projects(model_ty
     assert "\n" not in str(err.value)
     score_sequences(model, [ids], policy_for("streaming_llm", start_size=SINKS, recent_size=RECENT,
                                              position_shift=False))
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "llama"])
+def test_the_shift_is_accepted_in_bfloat16_on_a_deep_model(model_type, monkeypatch):
+    """The rotary probe judges each layer's own rotation, not the bfloat16 rounding that earlier layers pass on:
+    a 24-layer model in bfloat16 whose rotation is the project's is accepted (real Gemma-3-270M in bfloat16 was
+    refused at layer 7, a tiny 24-layer Gemma-3 at layer 14, relative difference 0.032 > 0.03), and a rotation
+    the other way (NanoChat) is still refused in bfloat16."""
+    import lm_eval_streaming.core.architectures as architectures
+    from lm_eval_streaming.core.layers import layer_specs
+    from lm_eval_streaming.core.rotary_probe import shift_mismatch
+
+    def deep(kind):
+        config = AutoConfig.for_model(kind, **{**BASE, "num_hidden_layers": 24, "head_dim": 16})
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+
+    model = deep(model_type)
+    assert shift_mismatch(model, layer_specs(model), list(range(24))) is None
+    monkeypatch.setattr(architectures, "SHIFT_REFUSED", {})
+    model = deep("nanochat")
+    assert "re-rotated by the project" in shift_mismatch(model, layer_specs(model), list(range(24)))

@@ -125,6 +125,7 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
     ``whole_forward``: which rows are also run as a float32 shadow (:data:`WHOLE_FORWARD`)."""
     # torch-heavy, so imported here: ``benchmark --help`` needs no torch
     from lm_eval_streaming.benchmark.rows import causality_stats, kernel_error_stats, score_row, whole_forward_stats
+    from lm_eval_streaming.core.scoring import check_scoring
     from lm_eval_streaming.records.metrics import set_deltas
 
     import torch
@@ -150,6 +151,8 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
     kernels, delta_kernel = _dense_kernels(model, a["dense_attn"], a["max_tokens"], a["chunk_size"], say)
     settings = [(baseline_policy(), k, one_call) for k, one_call in kernels]
     settings += [(policy, None, False) for policy in _cache_policies(a)]
+    for policy, kernel, one_call in settings:  # a row that would be refused stops the run before any is scored
+        check_scoring(model, policy, kernel, one_call, a["max_tokens"], 1, a["chunk_size"])
     rows, dense_scored, reference = [], {}, None
     model_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     for policy, kernel, one_call in tqdm(settings, desc="benchmark rows", disable=not progress, file=sys.stderr):

@@ -22,12 +22,12 @@ _RECORD: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _probe_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    """Record the rotated queries and keys; attend causally (the values do not matter to the probe)."""
+    """Record the rotated queries and keys; return each position's own values. Attention over rotated keys
+    would carry the positions' rounding (bfloat16) into every later layer's inputs, and a deep layer's
+    queries would then differ by more than their rotation; a position-free output keeps every layer's
+    inputs identical in both runs unless the model itself mixes positions in elsewhere."""
     _RECORD[module.layer_idx] = (query.detach().float(), key.detach().float())
-    rep = query.shape[1] // key.shape[1]
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1), is_causal=True,
-        scale=scaling)
+    out = value.repeat_interleave(query.shape[1] // value.shape[1], 1)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -30,6 +30,18 @@ def resolve_kernel(model, policy: CachePolicy, attn_implementation: str | None) 
     return attn_implementation or model.config._attn_implementation
 
 
+def check_scoring(model, policy: CachePolicy, attn_implementation: str | None = None, one_call: bool = False,
+                  tokens: int = 2, batch: int = 1, chunk_size: int = DEFAULT_CHUNK_SIZE) -> str:
+    """Everything :func:`score_sequences` refuses for ``batch`` sequences of ``tokens`` tokens (kernel, one call,
+    memory, the model's support of the method and the rotary probe), without scoring: a caller with several
+    rows checks them all before the first is scored. Returns the kernel."""
+    kernel = resolve_kernel(model, policy, attn_implementation)
+    check_one_call(policy, one_call)
+    check_memory(model, policy, tokens, batch, chunk_size, one_call, kernel, input_device(model))
+    open_session(model, policy, None, kernel, one_call)
+    return kernel
+
+
 @dataclass
 class ScoredTokens:
     """Per-token results for one sequence: token i+1 predicted from tokens 0..i (CPU tensors)."""
@@ -64,10 +76,8 @@ def score_sequences(model, sequences: list[list[int]], policy: CachePolicy,
     lengths = [len(s) for s in sequences]
     if min(lengths) < 2:
         raise ValueError(f"each sequence needs at least 2 tokens to score one; got lengths {lengths}")
-    kernel = resolve_kernel(model, policy, attn_implementation)
-    check_one_call(policy, one_call)
     total = max(lengths)
-    check_memory(model, policy, total, len(sequences), chunk_size, one_call, kernel, input_device(model))
+    kernel = check_scoring(model, policy, attn_implementation, one_call, total, len(sequences), chunk_size)
     ids = torch.zeros(len(sequences), total, dtype=torch.long)
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
