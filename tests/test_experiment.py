@@ -236,7 +236,7 @@ def test_stored_runs_carry_cell_and_key(tmp_path):
 
 def test_cli_end_to_end_with_injected_benchmark(tmp_path, monkeypatch, capsys):
     fake = FakeBenchmark()
-    monkeypatch.setattr("lm_eval_streaming.experiment.runner._get_run_benchmark", lambda: fake)
+    monkeypatch.setattr("lm_eval_streaming.experiment.runner._get_run_benchmark", lambda progress=True: fake)
     cfg = write_config(tmp_path, BASE)
     out = tmp_path / "cli.jsonl"
     assert ex.main([str(cfg), "--output", str(out), "--dry-run"]) == 0
@@ -332,7 +332,7 @@ class Slow(FakeBenchmark):  # slow enough that a busy machine still starts the o
     def __call__(self, **kw):
         time.sleep(1.5)
         return super().__call__(**kw)
-runner._get_run_benchmark = lambda: Slow()
+runner._get_run_benchmark = lambda progress=True: Slow()
 ready.touch()
 while not go.exists():
     time.sleep(0.01)
@@ -407,8 +407,8 @@ KILLABLE = """
 import sys, time
 import lm_eval_streaming.experiment.runner as runner
 real = runner._get_run_benchmark
-def blocking():
-    bench, calls = real(), []
+def blocking(progress=True):
+    bench, calls = real(progress), []
     def run(**cell):
         calls.append(cell)
         if len(calls) == 2:  # the second cell never finishes: the kill lands mid-grid, every time
@@ -483,3 +483,14 @@ def test_resume_keys_a_local_model_by_its_files(tiny_model_dirs, tmp_path):
     old, new = ppl(out)
     (expected,) = ppl(fresh)
     assert new == pytest.approx(expected, rel=1e-9) and old != pytest.approx(expected, rel=1e-3)
+
+
+def test_a_cell_shows_its_scored_tokens(tiny_model_dirs, tmp_path):
+    """A long cell is not silent: under the bar of cells, a bar of the cell's scored tokens (every row's
+    samples: 5 rows x 2 samples x 149 predicted tokens at 150 tokens); --no-progress shows neither."""
+    cfg = _tiny_config(tmp_path, tiny_model_dirs["llama"], grid={"max_tokens": [150]}, kernel_error=False)
+    shown = _cli("experiment", cfg, "--output", tmp_path / "a.jsonl")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "benchmark rows:" in shown.stderr and f"/{5 * 2 * 149} [" in shown.stderr, shown.stderr[-2000:]
+    quiet = _cli("experiment", cfg, "--no-progress", "--output", tmp_path / "b.jsonl")
+    assert quiet.returncode == 0 and "benchmark rows" not in quiet.stderr

@@ -208,3 +208,16 @@ def test_the_shift_is_accepted_in_bfloat16_on_a_deep_model(model_type, monkeypat
     monkeypatch.setattr(architectures, "SHIFT_REFUSED", {})
     model = deep("nanochat")
     assert "re-rotated by the project" in shift_mismatch(model, layer_specs(model), list(range(24)))
+
+
+def test_a_probe_that_overflows_says_so():
+    """Queries that overflow (Gemma-3-270M's in float16 do) are named as such, not as a wrong rotary convention."""
+    from lm_eval_streaming.core.layers import layer_specs
+    from lm_eval_streaming.core.rotary_probe import shift_mismatch
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **BASE), dtype=torch.float16).eval()
+    with torch.no_grad():
+        model.model.layers[1].self_attn.q_proj.weight.mul_(1e6)
+    why = shift_mismatch(model, layer_specs(model), [0, 1])
+    assert why.startswith("layer 1's queries are not finite (NaN/Inf) in float16"), why

@@ -155,14 +155,19 @@ def run_benchmark(model_id: str | None = None, methods=("streaming_llm",), max_t
         check_scoring(model, policy, kernel, one_call, a["max_tokens"], 1, a["chunk_size"])
     rows, dense_scored, reference = [], {}, None
     model_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    for policy, kernel, one_call in tqdm(settings, desc="benchmark rows", disable=not progress, file=sys.stderr):
+    per_row = sum(len(s) - 1 for s in samples)
+    bar = tqdm(total=len(settings) * per_row, desc="benchmark rows", unit="tok", disable=not progress,
+               file=sys.stderr, leave=False)
+    for policy, kernel, one_call in settings:
+        bar.set_postfix_str(policy.describe() if kernel is None else f"dense {kernel}{'@full' if one_call else ''}")
         row, scored = score_row(model, samples, policy, a["chunk_size"], a["num_warmup"], trained_context, kernel,
-                                one_call)
+                                one_call, bar.update)
         if policy.full_attention:
             dense_scored[row.label()] = scored
         if _shadowed(row, whole_forward, model_dtype):
             row.whole_forward = whole_forward_stats(model, samples, row, scored, policy, a["chunk_size"])
         rows.append(row)
+    bar.close()
     base = next(r for r in rows if r.is_dense and (r.attn_implementation, r.one_call) == delta_kernel)
     for row in rows:
         if row is not base:

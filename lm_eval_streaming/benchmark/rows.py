@@ -52,10 +52,10 @@ def _finite_mean(values: torch.Tensor) -> float:
 
 def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warmup: int,
               trained_context: int | None, attn_implementation: str | None = None,
-              one_call: bool = False) -> tuple[Row, list[ScoredTokens]]:
+              one_call: bool = False, progress=None) -> tuple[Row, list[ScoredTokens]]:
     """Score ``samples`` with ``policy`` (dense: through ``attn_implementation``, None = the model's own
     kernel; ``one_call``: one plain forward per sample): warm-up passes untimed, every scored token timed.
-    The row has no deltas yet."""
+    ``progress`` is called with the number of scored positions after each chunk. The row has no deltas yet."""
     kernel = resolve_kernel(model, policy, attn_implementation)
     device = input_device(model)
     for _ in range(num_warmup):  # untimed: allocation, kernel selection, lazy init
@@ -70,7 +70,7 @@ def score_row(model, samples: list[list[int]], policy, chunk_size: int, num_warm
         start = time.perf_counter()
         for seq in samples:
             scored += score_sequences(model, [seq], policy, chunk_size, diag, attn_implementation=kernel,
-                                      one_call=one_call)
+                                      one_call=one_call, progress=progress)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start

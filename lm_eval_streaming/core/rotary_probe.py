@@ -63,6 +63,11 @@ def shift_mismatch(model, specs, layers: list[int]) -> str | None:
             spec = specs[i]
             cos, sin = sink_rotation(torch.tensor([_DELTA]), spec.inv_freq, spec.interleaved)
             for name, a, b in zip(("queries", "keys"), first[i], second[i]):
+                if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+                    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+                    why = (f"layer {i}'s {name} are not finite (NaN/Inf) in {dtype} even on six tokens, so the "
+                           f"shift cannot be checked; a wider dtype (float32, bfloat16) is needed")
+                    break
                 moved = rerotate(a, cos.to(a.device), sin.to(a.device), spec.interleaved)
                 scale = float(b.abs().amax()) or 1.0
                 err = float((moved - b).abs().amax()) / scale

@@ -23,9 +23,10 @@ from . import store
 from .config import PARAMS, ConfigError, cell_key, cell_label, expand_cells, load_config
 
 
-def _get_run_benchmark() -> Callable[..., Run]:
+def _get_run_benchmark(progress: bool = True) -> Callable[..., Run]:
     """``benchmark.run_benchmark``, wrapped so that consecutive cells of one model (same id, dtype,
-    device) share one loaded model instead of loading it again for every cell."""
+    device) share one loaded model instead of loading it again for every cell; ``progress``: its bar of
+    scored tokens under the bar of cells."""
     from lm_eval_streaming.benchmark import command as benchmark
 
     loaded: dict[tuple, tuple] = {}
@@ -38,7 +39,7 @@ def _get_run_benchmark() -> Callable[..., Run]:
             loaded[key] = benchmark.load_model(cell["model_id"], cell["dtype"], cell["device"],
                                                methods=cell["methods"])
         model, tokenizer = loaded[key]
-        return benchmark.run_benchmark(**cell, model=model, tokenizer=tokenizer, progress=False)
+        return benchmark.run_benchmark(**cell, model=model, tokenizer=tokenizer, progress=progress)
 
     return bench
 
@@ -144,7 +145,7 @@ def run_experiment(config: dict, output: str | os.PathLike | None = None, *,
     if not todo:
         return summary
     store.check_writable(output)
-    bench = run_benchmark or _get_run_benchmark()
+    bench = run_benchmark or _get_run_benchmark(progress)
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=config["name"], unit="cell", disable=not progress, file=sys.stderr)
