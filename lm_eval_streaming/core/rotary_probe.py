@@ -55,7 +55,7 @@ def shift_mismatch(model, specs, layers: list[int]) -> str | None:
     except Exception as exc:  # noqa: BLE001  (a family that cannot run the probe cannot be checked)
         why = f"the rotary probe could not run ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     else:
-        why = None
+        why, dtype = None, next(model.parameters()).dtype
         for i in layers:
             if i not in first or i not in second:
                 why = f"layer {i} does not call its attention through transformers' AttentionInterface"
@@ -64,14 +64,13 @@ def shift_mismatch(model, specs, layers: list[int]) -> str | None:
             cos, sin = sink_rotation(torch.tensor([_DELTA]), spec.inv_freq, spec.interleaved)
             for name, a, b in zip(("queries", "keys"), first[i], second[i]):
                 if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-                    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-                    why = (f"layer {i}'s {name} are not finite (NaN/Inf) in {dtype} even on six tokens, so the "
+                    why = (f"layer {i}'s {name} are not finite (NaN/Inf) in {str(dtype).replace('torch.', '')} even on six tokens, so the "
                            f"shift cannot be checked; a wider dtype (float32, bfloat16) is needed")
                     break
                 moved = rerotate(a, cos.to(a.device), sin.to(a.device), spec.interleaved)
                 scale = float(b.abs().amax()) or 1.0
                 err = float((moved - b).abs().amax()) / scale
-                tol = 1e-4 if a.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 3e-2
+                tol = 1e-4 if a.dtype == torch.float32 and dtype == torch.float32 else 3e-2
                 if not err <= tol:
                     why = (f"layer {i}'s {name} at position +{_DELTA} are not its {name} re-rotated by the project "
                            f"(relative difference {err:.2g}): its rotary convention is not the one the shift assumes")

@@ -35,10 +35,15 @@ def check_scoring(model, policy: CachePolicy, attn_implementation: str | None = 
     """Everything :func:`score_sequences` refuses for ``batch`` sequences of ``tokens`` tokens (kernel, one call,
     memory, the model's support of the method and the rotary probe), without scoring: a caller with several
     rows checks them all before the first is scored. Returns the kernel."""
+    kernel = _check_inputs(model, policy, attn_implementation, one_call, tokens, batch, chunk_size)
+    open_session(model, policy, None, kernel, one_call)  # support and rotary probe: what opening refuses
+    return kernel
+
+
+def _check_inputs(model, policy, attn_implementation, one_call, tokens, batch, chunk_size) -> str:
     kernel = resolve_kernel(model, policy, attn_implementation)
     check_one_call(policy, one_call)
     check_memory(model, policy, tokens, batch, chunk_size, one_call, kernel, input_device(model))
-    open_session(model, policy, None, kernel, one_call)
     return kernel
 
 
@@ -77,7 +82,7 @@ def score_sequences(model, sequences: list[list[int]], policy: CachePolicy,
     if min(lengths) < 2:
         raise ValueError(f"each sequence needs at least 2 tokens to score one; got lengths {lengths}")
     total = max(lengths)
-    kernel = check_scoring(model, policy, attn_implementation, one_call, total, len(sequences), chunk_size)
+    kernel = _check_inputs(model, policy, attn_implementation, one_call, total, len(sequences), chunk_size)
     ids = torch.zeros(len(sequences), total, dtype=torch.long)
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
